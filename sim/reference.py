@@ -1,0 +1,718 @@
+"""Numpy integer reference of codesign's arithmetic contract (docs/arithmetic.md).
+
+One function per op, vectorised, exact. Section numbers (§n) refer to the
+contract. This module imports numpy and the Python standard library only — never
+torch, brevitas or qonnx — so it stays an implementation independent of the
+frameworks it is tested against.
+
+All integer results are ``np.int64`` arrays. Every function validates its
+arguments and raises ``ValueError`` naming the op and the offending value.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+__all__ = [
+    "IntType", "int_range", "sat", "rshr",
+    "ROUNDING_MODES", "quantize", "dequantize",
+    "acc_range", "acc_bits", "matmul",
+    "dyadic", "requant",
+    "LUT_FUNCTIONS", "lut_index", "lut_table", "lut",
+    "softmax_table", "softmax",
+    "isqrt", "LN_F", "LN_Z", "layernorm_params", "layernorm",
+    "add_params", "add",
+    "pack_bipolar", "xnor_popcount", "threshold", "bn_thresholds",
+    "maxpool2d", "avgpool2d",
+]
+
+# ---------------------------------------------------------------------------
+# §0 primitives
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntType:
+    """An integer code type: ``bits`` wide, signed or not, optionally narrow.
+
+    A 1-bit signed type is bipolar ({-1, +1}); a 1-bit unsigned type is {0, 1}.
+    """
+
+    bits: int
+    signed: bool = True
+    narrow: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, (int, np.integer)) or not 1 <= self.bits <= 32:
+            raise ValueError(f"IntType: bits={self.bits!r} not supported (1..32)")
+
+    @property
+    def bipolar(self) -> bool:
+        return self.bits == 1 and self.signed
+
+    @property
+    def lo(self) -> int:
+        return int_range(self.bits, self.signed, self.narrow)[0]
+
+    @property
+    def hi(self) -> int:
+        return int_range(self.bits, self.signed, self.narrow)[1]
+
+    def __str__(self) -> str:
+        if self.bipolar:
+            return "bipolar"
+        return f"{'int' if self.signed else 'uint'}{self.bits}{'n' if self.narrow else ''}"
+
+
+def _as_type(t: IntType | tuple) -> IntType:
+    return t if isinstance(t, IntType) else IntType(*t)
+
+
+def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
+    """(lo, hi) of a code type, as QONNX's min_int/max_int (§0)."""
+    if bits == 1 and signed:
+        return -1, 1
+    if signed:
+        return -(2 ** (bits - 1)) + int(narrow), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1 - int(narrow)
+
+
+def _check_bits(op: str, what: str, bits: int, lo: int, hi: int) -> None:
+    if not isinstance(bits, (int, np.integer)) or not lo <= bits <= hi:
+        raise ValueError(f"{op}: {what}={bits!r} not supported ({lo}..{hi})")
+
+
+def _check_codes(op: str, what: str, q: np.ndarray, t: IntType) -> None:
+    """Raise if integer codes ``q`` fall outside type ``t``."""
+    if q.size == 0:
+        return
+    lo, hi = int(q.min()), int(q.max())
+    if t.bipolar:
+        if not np.all((q == 1) | (q == -1)):
+            raise ValueError(f"{op}: {what} must be bipolar (-1/+1), got values in [{lo}, {hi}]")
+    elif lo < t.lo or hi > t.hi:
+        raise ValueError(f"{op}: {what} values [{lo}, {hi}] outside {t} range [{t.lo}, {t.hi}]")
+
+
+def _ints(op: str, what: str, x) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "iub":
+        if a.dtype.kind == "f" and a.size and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
+            pass
+        elif a.size:
+            raise ValueError(f"{op}: {what} must be integer codes, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+def sat(v, lo: int, hi: int) -> np.ndarray:
+    """Clamp to [lo, hi]."""
+    return np.clip(np.asarray(v, dtype=np.int64), lo, hi)
+
+
+def rshr(v, s) -> np.ndarray:
+    """Rounding right shift, ties toward +inf: floor((v + 2^(s-1)) / 2^s); rshr(v, 0) = v (§0).
+
+    ``v`` must satisfy |v| < 2^62 so that the addition cannot overflow int64.
+    """
+    v = np.asarray(v, dtype=np.int64)
+    s = np.asarray(s, dtype=np.int64)
+    if s.size and (s.min() < 0 or s.max() > 62):
+        raise ValueError(f"rshr: shift {int(s.min())}..{int(s.max())} outside 0..62")
+    half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
+    return np.right_shift(v + half, s)  # numpy >> on int64 is arithmetic (floor)
+
+
+# ---------------------------------------------------------------------------
+# §1 quantize / dequantize
+# ---------------------------------------------------------------------------
+
+def _half_up(u):
+    return np.sign(u) * np.floor(np.abs(u) + np.float32(0.5))
+
+
+def _half_down(u):
+    return np.sign(u) * np.ceil(np.abs(u) - np.float32(0.5))
+
+
+ROUNDING_MODES: Mapping[str, Callable[[np.ndarray], np.ndarray]] = {
+    "ROUND": np.rint,       # half to even
+    "HALF_EVEN": np.rint,
+    "FLOOR": np.floor,
+    "CEIL": np.ceil,
+    "DOWN": np.trunc,
+    "UP": lambda u: np.sign(u) * np.ceil(np.abs(u)),
+    "HALF_UP": _half_up,
+    "HALF_DOWN": _half_down,
+}
+
+
+def _scale(op: str, s, dtype=np.float32) -> np.ndarray:
+    s = np.asarray(s, dtype=dtype)
+    if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        bad = s[~(np.isfinite(s) & (s > 0))] if s.size else s
+        raise ValueError(f"{op}: scale must be finite and > 0, got {bad.ravel()[:4].tolist()}")
+    return s
+
+
+def quantize(x, scale, bits: int, signed: bool = True, narrow: bool = False,
+             rounding: str = "ROUND", zero_point=0) -> np.ndarray:
+    """§1: codes = R(clamp(fl32(x / scale))) in binary32; 1-bit signed is bipolar.
+
+    ``scale`` broadcasts against ``x`` (per tensor or per channel).
+    """
+    op = "quantize"
+    _check_bits(op, "bits", bits, 1, 16)
+    if np.any(np.asarray(zero_point) != 0):
+        raise ValueError(f"{op}: zero_point must be 0 (symmetric quantization), got {zero_point!r}")
+    mode = str(rounding).upper()
+    if mode not in ROUNDING_MODES:
+        raise ValueError(f"{op}: rounding mode {rounding!r} not supported ({', '.join(ROUNDING_MODES)})")
+    x = np.asarray(x, dtype=np.float32)
+    s = _scale(op, scale)
+    try:
+        np.broadcast_shapes(x.shape, s.shape)
+    except ValueError:
+        raise ValueError(f"{op}: scale shape {s.shape} does not broadcast to input shape {x.shape}") from None
+    if x.size and not np.all(np.isfinite(x)):
+        raise ValueError(f"{op}: input contains NaN or infinity")
+    t = np.divide(x, s, dtype=np.float32)
+    if bits == 1 and signed:
+        return np.where(t >= 0, 1, -1).astype(np.int64)
+    lo, hi = int_range(bits, signed, narrow)
+    t = np.clip(t, np.float32(lo), np.float32(hi))
+    return ROUNDING_MODES[mode](t).astype(np.int64)
+
+
+def dequantize(q, scale) -> np.ndarray:
+    """§1: fl32(q * scale)."""
+    q = _ints("dequantize", "q", q)
+    s = _scale("dequantize", scale)
+    return np.multiply(q.astype(np.float32), s, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------
+# §2 integer matmul
+# ---------------------------------------------------------------------------
+
+def acc_range(K: int, a: IntType, w: IntType, bias_lo: int = 0, bias_hi: int = 0) -> tuple[int, int]:
+    """Exact reachable range of sum_{k<K} a_k*w_k + b (§2)."""
+    a, w = _as_type(a), _as_type(w)
+    corners = [a.lo * w.lo, a.lo * w.hi, a.hi * w.lo, a.hi * w.hi]
+    p_lo, p_hi = min(corners), max(corners)
+    return K * min(p_lo, 0) + bias_lo, K * max(p_hi, 0) + bias_hi
+
+
+def _bits_for(lo: int, hi: int) -> int:
+    w = 1
+    while not (-(1 << (w - 1)) <= lo and hi <= (1 << (w - 1)) - 1):
+        w += 1
+    return w
+
+
+def acc_bits(K: int, a: IntType, w: IntType, bias_lo: int = 0, bias_hi: int = 0) -> int:
+    """Smallest two's-complement accumulator width that provably never overflows (§2)."""
+    if K < 1:
+        raise ValueError(f"acc_bits: K={K} must be >= 1")
+    return _bits_for(*acc_range(K, a, w, bias_lo, bias_hi))
+
+
+def _check_mm_type(op: str, what: str, t: IntType, allow_unsigned: bool) -> None:
+    _check_bits(op, f"{what} bits", t.bits, 1, 8)
+    if t.bits == 1 and not t.signed:
+        raise ValueError(f"{op}: 1-bit {what} must be bipolar (signed=True), unsigned 1-bit is not supported")
+    if not allow_unsigned and not t.signed:
+        raise ValueError(f"{op}: {what} must be signed or bipolar")
+
+
+_F64_EXACT_K = 1 << 37  # |product| <= 2^15, so K < 2^37 keeps every partial sum < 2^52
+
+
+def matmul(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntType = IntType(4, True),
+           check: bool = True) -> np.ndarray:
+    """§2: acc[..., n] = sum_k a[..., k] * w[k, n] + bias[n], exact, int64.
+
+    ``w`` may be 2-D (K, N) or batched (..., K, N) (activation x activation, e.g. Q·Kᵀ).
+    Evaluated as a float64 matmul: every product is an integer with |p| <= 2^15 and
+    K < 2^37, so every partial sum is an integer below 2^52 and float64 is exact.
+    """
+    op = "matmul"
+    a_type, w_type = _as_type(a_type), _as_type(w_type)
+    _check_mm_type(op, "activation", a_type, True)
+    _check_mm_type(op, "weight", w_type, True)
+    a = _ints(op, "a", a)
+    w = _ints(op, "w", w)
+    if a.ndim < 1 or w.ndim < 2:
+        raise ValueError(f"{op}: need a (..., K) and w (K, N), got shapes {a.shape} and {w.shape}")
+    K = a.shape[-1]
+    if w.shape[-2] != K:
+        raise ValueError(f"{op}: inner dimensions differ: a {a.shape} (K={K}) vs w {w.shape} (K={w.shape[-2]})")
+    if K >= _F64_EXACT_K:
+        raise ValueError(f"{op}: K={K} too large for exact float64 accumulation (< 2^37)")
+    if check:
+        _check_codes(op, "a", a, a_type)
+        _check_codes(op, "w", w, w_type)
+    acc = np.matmul(a.astype(np.float64), w.astype(np.float64)).astype(np.int64)
+    if bias is not None:
+        b = _ints(op, "bias", bias)
+        if b.shape not in ((), (w.shape[-1],)):
+            raise ValueError(f"{op}: bias shape {b.shape} does not match N={w.shape[-1]}")
+        if b.size and (b.min() < -(2**31) or b.max() > 2**31 - 1):
+            raise ValueError(f"{op}: bias outside int32: [{int(b.min())}, {int(b.max())}]")
+        acc = acc + b
+    return acc
+
+
+# ---------------------------------------------------------------------------
+# §3 requantization
+# ---------------------------------------------------------------------------
+
+MAX_SHIFT = 62
+
+
+def dyadic(r, m: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """§3: integer multiplier M and shift sh with M * 2^-sh ~ r, 2^(m-1) <= M < 2^m.
+
+    Vectorised over ``r`` (per-channel ratios). Exact: uses frexp and a
+    power-of-two scaling, so the result does not depend on the platform.
+    """
+    op = "dyadic"
+    _check_bits(op, "m", m, 2, 24)
+    r = np.asarray(r, dtype=np.float64)
+    if r.size == 0 or not np.all(np.isfinite(r)) or np.any(r <= 0):
+        bad = r[~(np.isfinite(r) & (r > 0))] if r.size else r
+        raise ValueError(f"{op}: ratio must be finite and > 0, got {bad.ravel()[:4].tolist()}")
+    f, e = np.frexp(r)  # r = f * 2^e, f in [0.5, 1)
+    M = np.rint(np.ldexp(f, m)).astype(np.int64)
+    sh = (m - e).astype(np.int64)
+    carry = M == (1 << m)
+    M = np.where(carry, 1 << (m - 1), M)
+    sh = np.where(carry, sh - 1, sh)
+    if np.any(sh < 0):
+        raise ValueError(f"{op}: ratio {float(r[sh < 0].ravel()[0])!r} >= 2^{m - 1}: output scale too small "
+                         f"for a {m}-bit dyadic multiplier")
+    tiny = sh > MAX_SHIFT
+    if np.any(tiny):
+        M = np.where(tiny, np.rint(np.ldexp(r, MAX_SHIFT)).astype(np.int64), M)
+        sh = np.where(tiny, MAX_SHIFT, sh)
+    return M, sh
+
+
+def requant(acc, M, sh, out_type: IntType = IntType(8, True), acc_bits_max: int | None = None,
+            m: int = 16) -> np.ndarray:
+    """§3: sat_Y(rshr(acc * M, sh)); M, sh broadcast per channel."""
+    op = "requant"
+    out_type = _as_type(out_type)
+    _check_bits(op, "output bits", out_type.bits, 2, 16)
+    acc = _ints(op, "acc", acc)
+    M = _ints(op, "M", M)
+    sh = _ints(op, "shift", sh)
+    try:
+        np.broadcast_shapes(acc.shape, M.shape, sh.shape)
+    except ValueError:
+        raise ValueError(f"{op}: M {M.shape} / shift {sh.shape} do not broadcast to acc {acc.shape}") from None
+    if M.size and (M.min() < 0 or M.max() >= 1 << 24):
+        raise ValueError(f"{op}: multiplier outside 0..2^24-1: [{int(M.min())}, {int(M.max())}]")
+    if sh.size and (sh.min() < 0 or sh.max() > MAX_SHIFT):
+        raise ValueError(f"{op}: shift outside 0..{MAX_SHIFT}: [{int(sh.min())}, {int(sh.max())}]")
+    mbits = max(m, int(M.max()).bit_length() if M.size else 0)
+    if acc.size:
+        wacc = _bits_for(int(acc.min()), int(acc.max()))
+        if wacc + mbits > 62:
+            raise ValueError(f"{op}: accumulator of {wacc} bits x {mbits}-bit multiplier exceeds 62 bits")
+    return sat(rshr(acc * M, sh), out_type.lo, out_type.hi)
+
+
+# ---------------------------------------------------------------------------
+# §4 lookup tables
+# ---------------------------------------------------------------------------
+
+_SQRT2 = math.sqrt(2.0)
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+_SELU_ALPHA = 1.6732632423543772
+_SELU_LAMBDA = 1.0507009873554805
+
+LUT_FUNCTIONS: Mapping[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / _SQRT2)),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))),
+    "exp": np.exp,
+    "tanh": np.tanh,
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "silu": lambda x: x / (1.0 + np.exp(-x)),
+    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "hardsigmoid": lambda x: np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0.0))),
+    "selu": lambda x: _SELU_LAMBDA * np.where(x > 0, x, _SELU_ALPHA * np.expm1(np.minimum(x, 0.0))),
+    "softplus": lambda x: np.logaddexp(0.0, x),
+    "leaky_relu": lambda x: np.where(x >= 0, x, 0.01 * x),
+    "abs": np.abs,
+    "square": np.square,
+    "neg": np.negative,
+}
+
+
+def lut_index(q, in_type: IntType) -> np.ndarray:
+    """§4: table index = bit pattern of the code."""
+    in_type = _as_type(in_type)
+    q = _ints("lut", "q", q)
+    if in_type.bipolar:
+        return (q + 1) // 2
+    if in_type.signed:
+        return np.bitwise_and(q, (1 << in_type.bits) - 1)
+    return q
+
+
+def _all_codes(t: IntType) -> np.ndarray:
+    """Every code of a type, in index order 0 .. 2^b - 1 (bit patterns)."""
+    if t.bipolar:
+        return np.array([-1, 1], dtype=np.int64)
+    idx = np.arange(1 << t.bits, dtype=np.int64)
+    if t.signed:
+        return np.where(idx >= 1 << (t.bits - 1), idx - (1 << t.bits), idx)
+    return idx
+
+
+def _quant64(v: np.ndarray, s_y: float, out_type: IntType) -> np.ndarray:
+    if out_type.bipolar:
+        return np.where(v >= 0, 1, -1).astype(np.int64)
+    return np.clip(np.rint(v / s_y), out_type.lo, out_type.hi).astype(np.int64)
+
+
+def lut_table(f: str | Callable, in_type: IntType, in_scale: float, out_type: IntType,
+              out_scale: float) -> np.ndarray:
+    """§4: default table: table[idx(q)] = quant64(f(q * s_x)) in float64, half to even."""
+    op = "lut_table"
+    in_type, out_type = _as_type(in_type), _as_type(out_type)
+    _check_bits(op, "input bits", in_type.bits, 1, 8)
+    _check_bits(op, "output bits", out_type.bits, 1, 16)
+    if isinstance(f, str):
+        if f not in LUT_FUNCTIONS:
+            raise ValueError(f"{op}: unknown function {f!r} (supported: {', '.join(LUT_FUNCTIONS)})")
+        f = LUT_FUNCTIONS[f]
+    s_x = float(_scale(op, in_scale, np.float64))
+    s_y = float(_scale(op, out_scale, np.float64))
+    codes = _all_codes(in_type)
+    valid = np.clip(codes, in_type.lo, in_type.hi)  # narrow types: nearest valid code
+    x = valid.astype(np.float64) * s_x
+    with np.errstate(over="ignore"):
+        v = np.asarray(f(x), dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{op}: function is not finite on the input range [{x.min()}, {x.max()}]")
+    return _quant64(v, s_y, out_type)
+
+
+def lut(q, table, in_type: IntType) -> np.ndarray:
+    """§4: y = table[idx(q)]."""
+    op = "lut"
+    in_type = _as_type(in_type)
+    _check_bits(op, "input bits", in_type.bits, 1, 8)
+    table = _ints(op, "table", table)
+    n = 2 if in_type.bipolar else 1 << in_type.bits
+    if table.shape != (n,):
+        raise ValueError(f"{op}: table has shape {table.shape}, {in_type} input needs ({n},)")
+    q = _ints(op, "q", q)
+    _check_codes(op, "q", q, IntType(in_type.bits, in_type.signed))
+    return table[lut_index(q, in_type)]
+
+
+# ---------------------------------------------------------------------------
+# §5 integer softmax
+# ---------------------------------------------------------------------------
+
+def softmax_table(in_type: IntType, in_scale: float, eb: int = 8) -> np.ndarray:
+    """§5: T[k] = round_half_even((2^EB - 1) * exp(-k * s_x)), k = 0 .. 2^b - 1."""
+    op = "softmax_table"
+    in_type = _as_type(in_type)
+    _check_bits(op, "input bits", in_type.bits, 2, 8)
+    _check_bits(op, "EB", eb, 1, 16)
+    s = float(_scale(op, in_scale, np.float64))
+    k = np.arange(1 << in_type.bits, dtype=np.float64)
+    return np.rint(((1 << eb) - 1) * np.exp(-k * s)).astype(np.int64)
+
+
+def softmax(x, table, in_type: IntType, eb: int = 8, ob: int = 8) -> np.ndarray:
+    """§5: integer softmax over the last axis; unsigned ``ob``-bit codes at scale 2^-ob."""
+    op = "softmax"
+    in_type = _as_type(in_type)
+    _check_bits(op, "input bits", in_type.bits, 2, 8)
+    _check_bits(op, "EB", eb, 1, 16)
+    _check_bits(op, "OB", ob, 1, 16)
+    table = _ints(op, "table", table)
+    if table.shape != (1 << in_type.bits,):
+        raise ValueError(f"{op}: table shape {table.shape}, expected ({1 << in_type.bits},)")
+    if table.size and (table.min() < 0 or table.max() > (1 << eb) - 1 or table[0] < 1):
+        raise ValueError(f"{op}: table entries must be in 0..2^EB-1 with T[0] >= 1")
+    x = _ints(op, "x", x)
+    if x.ndim < 1 or x.shape[-1] < 1:
+        raise ValueError(f"{op}: need at least one element per row, got shape {x.shape}")
+    _check_codes(op, "x", x, in_type)
+    n = x.shape[-1]
+    if n * ((1 << eb) - 1) >= 1 << 32:
+        raise ValueError(f"{op}: row length {n} x (2^{eb}-1) overflows the 32-bit sum")
+    k = x.max(axis=-1, keepdims=True) - x
+    e = table[k]
+    S = e.sum(axis=-1, keepdims=True)
+    R = (np.int64(1) << 32) // S
+    p = rshr(e * R, 32 - ob)
+    return np.minimum(p, (1 << ob) - 1)
+
+
+# ---------------------------------------------------------------------------
+# §6 integer LayerNorm
+# ---------------------------------------------------------------------------
+
+LN_F = 8   # fraction bits of the standard deviation
+LN_Z = 16  # fraction bits of the normalised value
+_LN_E_MAX = (1 << 40) - 1
+
+
+def isqrt(v) -> np.ndarray:
+    """floor(sqrt(v)) for 0 <= v < 2^63, exact (Python's math.isqrt per element)."""
+    v = _ints("isqrt", "v", v)
+    if v.size and v.min() < 0:
+        raise ValueError(f"isqrt: negative input {int(v.min())}")
+    return np.array([math.isqrt(int(t)) for t in v.ravel()], dtype=np.int64).reshape(v.shape)
+
+
+@dataclass(frozen=True)
+class LayerNormParams:
+    """Integer LayerNorm parameters (§6): G (per element), B (per element), shift S, eps E."""
+
+    G: np.ndarray
+    B: np.ndarray
+    S: int
+    E: int
+
+
+def layernorm_params(gamma, beta, eps: float, in_scale: float, out_scale: float,
+                     S: int | None = None) -> LayerNormParams:
+    """§6: G_i = rne(gamma_i/s_y * 2^(S-Z)), B_i = rne(beta_i/s_y * 2^S), E = rne(eps/s_x^2 * 2^2F)."""
+    op = "layernorm_params"
+    gamma = np.asarray(gamma, dtype=np.float64)
+    beta = np.asarray(beta, dtype=np.float64)
+    if gamma.ndim != 1 or beta.shape != gamma.shape:
+        raise ValueError(f"{op}: gamma {gamma.shape} and beta {beta.shape} must be equal 1-D shapes")
+    if not (np.all(np.isfinite(gamma)) and np.all(np.isfinite(beta))):
+        raise ValueError(f"{op}: gamma/beta must be finite")
+    if not (eps >= 0 and math.isfinite(eps)):
+        raise ValueError(f"{op}: eps={eps!r} must be finite and >= 0")
+    s_x = float(_scale(op, in_scale, np.float64))
+    s_y = float(_scale(op, out_scale, np.float64))
+
+    def make(shift: int):  # floats, so that the range check sees values beyond int64
+        return np.rint(np.ldexp(gamma / s_y, shift - LN_Z)), np.rint(np.ldexp(beta / s_y, shift))
+
+    def fits(shift: int) -> bool:
+        G, B = make(shift)
+        return bool(np.all(np.abs(G) <= 2**15 - 1) and np.all(np.abs(B) <= 2**31 - 1))
+
+    if S is None:
+        if not fits(LN_Z):
+            raise ValueError(f"{op}: gamma/s_y up to {np.abs(gamma / s_y).max():.4g} or beta/s_y up to "
+                             f"{np.abs(beta / s_y).max():.4g} do not fit 16/32-bit fixed point")
+        S = LN_Z
+        while S < MAX_SHIFT and fits(S + 1):
+            S += 1
+    else:
+        _check_bits(op, "S", S, 1, MAX_SHIFT)
+        if not fits(S):
+            raise ValueError(f"{op}: gamma/beta do not fit 16/32-bit fixed point at S={S}")
+    G, B = make(S)
+    E = int(min(_LN_E_MAX, np.rint(np.ldexp(eps / (s_x * s_x), 2 * LN_F))))
+    return LayerNormParams(G=G.astype(np.int64), B=B.astype(np.int64), S=int(S), E=E)
+
+
+def layernorm(x, params: LayerNormParams, out_type: IntType = IntType(8, True)) -> np.ndarray:
+    """§6: integer LayerNorm over the last axis of int16 codes."""
+    op = "layernorm"
+    out_type = _as_type(out_type)
+    _check_bits(op, "output bits", out_type.bits, 2, 8)
+    x = _ints(op, "x", x)
+    if x.ndim < 1:
+        raise ValueError(f"{op}: input must have at least one axis")
+    H = x.shape[-1]
+    if not 1 <= H <= 4096:
+        raise ValueError(f"{op}: row length H={H} not supported (1..4096)")
+    _check_codes(op, "x", x, IntType(16, True))
+    G = _ints(op, "G", params.G)
+    B = _ints(op, "B", params.B)
+    if G.shape != (H,) or B.shape != (H,):
+        raise ValueError(f"{op}: G {G.shape} / B {B.shape} must have shape ({H},)")
+    if np.abs(G).max() > 2**15 - 1 or np.abs(B).max() > 2**31 - 1:
+        raise ValueError(f"{op}: G must fit int16 and B int32")
+    S, E = int(params.S), int(params.E)
+    _check_bits(op, "S", S, 1, MAX_SHIFT)
+    if not 0 <= E <= _LN_E_MAX:
+        raise ValueError(f"{op}: E={E} outside 0..2^40-1")
+    s = x.sum(axis=-1, keepdims=True)
+    mu = (2 * s + H) // (2 * H)
+    d = x - mu
+    SS = (d * d).sum(axis=-1, keepdims=True)
+    v = (SS << (2 * LN_F)) // H + E
+    sigma = np.maximum(isqrt(v), 1)
+    z = ((d << (LN_Z + LN_F + 1)) + sigma) // (2 * sigma)
+    return sat(rshr(z * G + B, S), out_type.lo, out_type.hi)
+
+
+# ---------------------------------------------------------------------------
+# §7 residual add
+# ---------------------------------------------------------------------------
+
+def add_params(s_a: float, s_b: float, s_y: float, m: int = 16) -> tuple[int, int, int]:
+    """§7: (M_a, M_b, sh) sharing one shift, from the larger ratio's dyadic form."""
+    op = "add_params"
+    r_a = float(_scale(op, s_a, np.float64)) / float(_scale(op, s_y, np.float64))
+    r_b = float(s_b) / float(s_y)
+    if not (r_b > 0 and math.isfinite(r_b)):
+        raise ValueError(f"{op}: scale s_b={s_b!r} must be finite and > 0")
+    M, sh = dyadic(max(r_a, r_b), m)
+    M, sh = int(M), int(sh)
+    if sh < 1:
+        raise ValueError(f"{op}: scale ratio {max(r_a, r_b)!r} too large for a {m}-bit multiplier with shift >= 1")
+    small = int(np.rint(math.ldexp(min(r_a, r_b), sh)))
+    return (M, small, sh) if r_a >= r_b else (small, M, sh)
+
+
+def add(a, b, Ma: int, Mb: int, sh: int, a_type: IntType = IntType(8, True),
+        b_type: IntType = IntType(8, True), out_type: IntType = IntType(8, True)) -> np.ndarray:
+    """§7: sat_Y(rshr(a*Ma + b*Mb, sh))."""
+    op = "add"
+    a_type, b_type, out_type = map(_as_type, (a_type, b_type, out_type))
+    for what, t in (("a", a_type), ("b", b_type), ("output", out_type)):
+        _check_bits(op, f"{what} bits", t.bits, 2, 16)
+    a, b = _ints(op, "a", a), _ints(op, "b", b)
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast") from None
+    _check_codes(op, "a", a, a_type)
+    _check_codes(op, "b", b, b_type)
+    for what, M in (("Ma", Ma), ("Mb", Mb)):
+        if not 0 <= int(M) < 1 << 24:
+            raise ValueError(f"{op}: {what}={M} outside 0..2^24-1")
+    _check_bits(op, "shift", int(sh), 1, MAX_SHIFT)
+    return sat(rshr(a * int(Ma) + b * int(Mb), int(sh)), out_type.lo, out_type.hi)
+
+
+# ---------------------------------------------------------------------------
+# §8 binary dot product and thresholds
+# ---------------------------------------------------------------------------
+
+def pack_bipolar(v) -> np.ndarray:
+    """Pack bipolar values along the last axis into uint8 bit words (bit = (v+1)/2, little bit order)."""
+    v = _ints("pack_bipolar", "v", v)
+    _check_codes("pack_bipolar", "v", v, IntType(1, True))
+    return np.packbits((v > 0).astype(np.uint8), axis=-1, bitorder="little")
+
+
+def xnor_popcount(a_bits, w_bits, K: int) -> np.ndarray:
+    """§8: dot = 2*popcount(XNOR(a, w) & mask_K) - K on packed bipolar vectors.
+
+    ``a_bits``: (..., ceil(K/8)) uint8, ``w_bits``: (N, ceil(K/8)) uint8 (one row per output).
+    Returns (..., N) int64. Implemented with bitwise ops and np.bitwise_count — an
+    independent path from matmul on +-1 values, which the tests compare against.
+    """
+    op = "xnor_popcount"
+    a_bits = np.asarray(a_bits, dtype=np.uint8)
+    w_bits = np.asarray(w_bits, dtype=np.uint8)
+    nb = (K + 7) // 8
+    if K < 1 or a_bits.shape[-1] != nb or w_bits.ndim != 2 or w_bits.shape[-1] != nb:
+        raise ValueError(f"{op}: K={K} needs packed rows of {nb} bytes, got a {a_bits.shape}, w {w_bits.shape}")
+    mask = np.full(nb, 0xFF, dtype=np.uint8)
+    if K % 8:
+        mask[-1] = (1 << (K % 8)) - 1
+    x = np.bitwise_not(np.bitwise_xor(a_bits[..., None, :], w_bits)) & mask
+    agree = np.bitwise_count(x).sum(axis=-1, dtype=np.int64)
+    return 2 * agree - K
+
+
+def threshold(acc, T, out_bias: int = 0, bipolar: bool = False) -> np.ndarray:
+    """§8: y = sum_t [acc >= T[c, t]] + out_bias, channels on the last axis of acc; bipolar: 2y - 1.
+
+    ``T`` has shape (C, n) or (1, n) (shared), ascending along n.
+    """
+    op = "threshold"
+    acc = _ints(op, "acc", acc)
+    T = _ints(op, "thresholds", T)
+    if T.ndim != 2 or T.shape[1] < 1:
+        raise ValueError(f"{op}: thresholds must have shape (C, n>=1), got {T.shape}")
+    if acc.ndim < 1 or T.shape[0] not in (1, acc.shape[-1]):
+        raise ValueError(f"{op}: {T.shape[0]} threshold rows for {acc.shape[-1] if acc.ndim else 0} channels")
+    if np.any(np.diff(T, axis=1) < 0):
+        raise ValueError(f"{op}: thresholds must be ascending per channel")
+    if bipolar and T.shape[1] != 1:
+        raise ValueError(f"{op}: a bipolar output takes exactly one threshold per channel, got {T.shape[1]}")
+    y = (acc[..., None] >= T).sum(axis=-1, dtype=np.int64)
+    return 2 * y - 1 if bipolar else y + int(out_bias)
+
+
+def bn_thresholds(gamma, beta, mean, var, eps: float, acc_scale, levels) -> np.ndarray:
+    """§8: thresholds T[c, t] = ceil((mu + (u_t - beta) * sqrt(var + eps) / gamma) / s_acc), gamma > 0.
+
+    ``levels``: the real boundaries u_t of the output quantizer (ascending), e.g. [0.0] for sign.
+    Channels with gamma <= 0 must be fixed by the compiler first (negate the channel's weights).
+    """
+    op = "bn_thresholds"
+    g = np.asarray(gamma, dtype=np.float64)
+    if np.any(g <= 0):
+        raise ValueError(f"{op}: gamma must be > 0 (negate the weights of channels {np.nonzero(g <= 0)[0][:8].tolist()})")
+    std = np.sqrt(np.asarray(var, dtype=np.float64) + eps)
+    u = np.asarray(levels, dtype=np.float64)[None, :]
+    real = (np.asarray(mean, np.float64)[:, None] + (u - np.asarray(beta, np.float64)[:, None])
+            * (std / g)[:, None])
+    s = np.asarray(acc_scale, dtype=np.float64)
+    s = s[:, None] if s.ndim else s
+    return np.ceil(real / s).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
+# §9 pooling
+# ---------------------------------------------------------------------------
+
+def _windows(x: np.ndarray, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int], fill: int):
+    op = "pool"
+    if x.ndim != 4:
+        raise ValueError(f"{op}: input must be NCHW, got shape {x.shape}")
+    kh, kw = k
+    sh, sw = stride
+    ph, pw = pad
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1 or not (0 <= ph < kh and 0 <= pw < kw):
+        raise ValueError(f"{op}: kernel {k}, stride {stride}, pad {pad} not supported (pad < kernel)")
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill)
+    H, W = xp.shape[2], xp.shape[3]
+    if H < kh or W < kw:
+        raise ValueError(f"{op}: window {k} larger than padded input {(H, W)}")
+    oh, ow = (H - kh) // sh + 1, (W - kw) // sw + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    return win[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw]
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
+
+
+def maxpool2d(x, kernel, stride=None, pad=0, in_type: IntType = IntType(8, True)) -> np.ndarray:
+    """§9: max over each window; padding holds lo_X."""
+    in_type = _as_type(in_type)
+    x = _ints("maxpool2d", "x", x)
+    _check_codes("maxpool2d", "x", x, in_type)
+    k = _pair(kernel)
+    win = _windows(x, k, _pair(stride if stride is not None else kernel), _pair(pad), in_type.lo)
+    return win.max(axis=(-2, -1))
+
+
+def avgpool2d(x, kernel, M, sh, stride=None, pad=0, in_type: IntType = IntType(8, True),
+              out_type: IntType | None = None) -> np.ndarray:
+    """§9: window sum (padding 0, divisor kh*kw) then requant with M/2^sh ~ s_x/(kh*kw*s_y)."""
+    in_type = _as_type(in_type)
+    out_type = _as_type(out_type) if out_type is not None else in_type
+    x = _ints("avgpool2d", "x", x)
+    _check_codes("avgpool2d", "x", x, in_type)
+    k = _pair(kernel)
+    win = _windows(x, k, _pair(stride if stride is not None else kernel), _pair(pad), 0)
+    return requant(win.sum(axis=(-2, -1)), M, sh, out_type)
