@@ -1,0 +1,21 @@
+"""Shared pytest configuration.
+
+Hypothesis profiles: ``ci`` (default) keeps the suite within the CI budget on two
+cores; ``thorough`` runs many more examples (``HYPOTHESIS_PROFILE=thorough``).
+Every csim property test draws its data and its template configuration from
+hypothesis; the number of examples per test is ``max_examples`` below.
+"""
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    deadline=None,  # csim runs spawn a process; the first call compiles
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=False,
+    print_blob=True,
+)
+settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
