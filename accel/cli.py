@@ -1,0 +1,191 @@
+"""The ``codesign`` command line.
+
+A thin orchestration layer: it parses arguments, validates them and hands
+off to the stages. It must stay cheap to import (no torch, onnx or brevitas
+at module level) so that ``codesign --help`` is fast; stages are imported
+inside the sub-command that needs them.
+
+Every failure ends as one ``error: ...`` line on stderr and a non-zero exit
+code (2 for usage errors such as an unknown board). Set ``CODESIGN_DEBUG=1``
+to get the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from codesign.accel.boards import BOARDS, Board, get_board
+
+__all__ = ["main", "build_parser", "CliError"]
+
+PROG = "codesign"
+DIST = "codesign"
+
+#: Models the ``build`` sub-command knows about.
+MODELS: tuple[str, ...] = ("fqbert",)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A failure to report as one ``error:`` line with the given exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(DIST)
+    except metadata.PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# --------------------------------------------------------------------------
+# sub-commands
+
+
+def _cmd_boards(args: argparse.Namespace) -> int:
+    boards = [BOARDS[k] for k in sorted(BOARDS)]
+    if args.json:
+        payload = [dataclasses.asdict(b) for b in boards]
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return EXIT_OK
+    sys.stdout.write(format_boards_table(boards))
+    return EXIT_OK
+
+
+def format_boards_table(boards: Sequence[Board]) -> str:
+    """A plain-text table of the boards, numbers with thousands separators."""
+    header = ("name", "part", "LUT", "FF", "DSP", "BRAM18", "URAM")
+    rows = [
+        (b.name, b.part, f"{b.lut:,}", f"{b.ff:,}", f"{b.dsp:,}", f"{b.bram18:,}", f"{b.uram:,}")
+        for b in boards
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    numeric = [False, False, True, True, True, True, True]
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(row, widths, numeric, strict=True)
+        ]
+        return "  ".join(cells).rstrip() + "\n"
+
+    return "".join(fmt(r) for r in (header, *rows))
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    try:
+        board = get_board(args.board)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    model = args.model.strip().lower()
+    if model not in MODELS:
+        raise CliError(f"unknown model {args.model!r} (supported: {', '.join(MODELS)})")
+    # Not implemented yet: validate, then say so. Nothing is written.
+    raise CliError(
+        f"'codesign build {model} --board {board.name}' is not implemented yet: "
+        "the FQ-BERT build lands with the FQ-BERT end-to-end issue; "
+        "available now: 'codesign boards'"
+    )
+
+
+# --------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Hardware-software co-design for quantized neural networks on FPGAs: "
+            "Brevitas -> QONNX -> HLS C++ for Xilinx ZCU102/ZCU111, verified "
+            "bit-exact against a numpy reference, C-simulation and RTL simulation."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p_boards = sub.add_parser("boards", help="list the supported boards and their FPGA resources")
+    p_boards.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p_boards.set_defaults(func=_cmd_boards)
+
+    p_build = sub.add_parser(
+        "build",
+        help="build an accelerator for a model and board (not implemented yet)",
+        description="Quantize, lower, fold, emit HLS C++ and verify a model for a board.",
+    )
+    p_build.add_argument("model", metavar="MODEL", help=f"model to build ({', '.join(MODELS)})")
+    p_build.add_argument(
+        "--board",
+        required=True,
+        metavar="BOARD",
+        help=f"target board ({', '.join(sorted(BOARDS))})",
+    )
+    p_build.add_argument("--config", metavar="PATH", help="build configuration file")
+    p_build.add_argument("--out", metavar="DIR", help="output folder")
+    p_build.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    p_build.add_argument("--no-csim", action="store_true", help="skip the g++ C-simulation check")
+    p_build.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p_build.set_defaults(func=_cmd_build)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        code = exc.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_USAGE)
+
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    debug = os.environ.get("CODESIGN_DEBUG", "") not in ("", "0")
+    try:
+        return int(func(args))
+    except CliError as exc:
+        if debug:
+            raise
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `codesign boards | head -1`
+        try:  # point stdout at /dev/null so the flush at exit does not fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_FAILURE
+    except Exception as exc:
+        if debug:
+            raise
+        msg = _one_line(exc) or type(exc).__name__
+        print(f"error: {type(exc).__name__}: {msg}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
