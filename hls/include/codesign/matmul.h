@@ -1,0 +1,224 @@
+// codesign HLS kernel library: folded integer matrix multiply, FINN MVAU style
+// (docs/arithmetic.md §2).
+//
+// Synthesizable Vitis HLS C++14, header only.
+//
+//   acc[r][n] = sum_k a[r][k] * w[k][n] (+ bias[n]), exact.
+//
+// A: activation code type (IntT, 1..8 bits: signed, unsigned or bipolar).
+// W: weight code type (IntT, 1..8 bits: signed or bipolar). The same template
+//    computes activation x activation products (attention Q.K^T with int8 x
+//    int8, softmax(.).V with uint8 x int8): `w` is then a runtime array.
+// Bipolar operands are stored as one bit b = (v + 1) / 2; a product with a
+// bipolar operand is a conditional negation (b ? a : -a), bipolar x bipolar is
+// XNOR (+1 when the bits agree, -1 otherwise).
+//
+// Accumulator: ap_int<AccBits<A, W, K, B_LO, B_HI>::value> (types.h), the
+// smallest width that holds the exact reachable range of every partial sum
+// (§2), so no input can overflow it. ACC_BITS > 0 overrides it with a wider
+// accumulator (e.g. to align to a DSP cascade); narrower is a compile error.
+#ifndef CODESIGN_MATMUL_H
+#define CODESIGN_MATMUL_H
+
+#include "types.h"
+
+namespace codesign {
+
+namespace detail {
+
+// Width of one product of an A code and a W code: the corner products (§2).
+template <class A, class W>
+struct ProdBits {
+    static const long long lo = AccBits<A, W, 1>::p_lo;
+    static const long long hi = AccBits<A, W, 1>::p_hi;
+    static const int value = bits_for<lo, hi>::value;
+};
+
+// One product a*w of two stored codes (§2), by operand kind.
+template <class A, class W, bool A_BIPOLAR = A::bipolar, bool W_BIPOLAR = W::bipolar>
+struct Mul {  // multi-bit x multi-bit: a DSP / LUT multiplier
+    typedef ap_int<ProdBits<A, W>::value> prod_t;
+    static prod_t prod(typename A::storage a, typename W::storage w) {
+#pragma HLS INLINE
+        return prod_t(A::value(a) * W::value(w));
+    }
+};
+
+template <class A, class W>
+struct Mul<A, W, false, true> {  // multi-bit activation x bipolar weight: b ? a : -a
+    typedef ap_int<ProdBits<A, W>::value> prod_t;
+    static prod_t prod(typename A::storage a, typename W::storage w) {
+#pragma HLS INLINE
+        const prod_t v = A::value(a);
+        return w == 1 ? v : prod_t(-v);
+    }
+};
+
+template <class A, class W>
+struct Mul<A, W, true, false> {  // bipolar activation x multi-bit weight: b ? w : -w
+    typedef ap_int<ProdBits<A, W>::value> prod_t;
+    static prod_t prod(typename A::storage a, typename W::storage w) {
+#pragma HLS INLINE
+        const prod_t v = W::value(w);
+        return a == 1 ? v : prod_t(-v);
+    }
+};
+
+template <class A, class W>
+struct Mul<A, W, true, true> {  // bipolar x bipolar: XNOR -> +1 / -1
+    typedef ap_int<2> prod_t;
+    static prod_t prod(typename A::storage a, typename W::storage w) {
+#pragma HLS INLINE
+        return a == w ? prod_t(1) : prod_t(-1);
+    }
+};
+
+// Bias source of the MVAU loop: none (0) or an int32 array.
+struct NoBias {
+    ap_int<2> operator[](int) const { return 0; }
+};
+
+}  // namespace detail
+
+// §2: folded matrix-vector / matrix-matrix unit (FINN MVAU).
+//
+//   K, N       inner and output dimension (w is K x N, a row of a has K codes)
+//   PE         output channels computed in parallel (N % PE == 0)
+//   SIMD       inner-dimension elements consumed per cycle per PE (K % SIMD == 0)
+//   HAS_BIAS   whether run() takes an int32 bias[N]
+//   B_LO, B_HI bias range used for the accumulator width (§2: the actual
+//              min/max of the bias constant; default for a bias: the int32
+//              range, i.e. an unknown bias). Precondition: B_LO <= bias[n] <= B_HI.
+//   ACC_BITS   0: AccBits (the contract's width); > 0: a wider override.
+//
+// Loop nest (run<ROWS>): one flattened loop over (row r, output fold nf, input
+// fold sf) = ROWS x (N/PE) x (K/SIMD) iterations, pipelined at II = 1. Each
+// iteration performs PE x SIMD multiply-accumulates (fully unrolled): PE
+// accumulators add SIMD products each; after the last input fold the PE
+// accumulators are written to out[r][nf*PE .. nf*PE + PE - 1].
+//
+// Cycle count (latency of run<ROWS>):
+//   cycles = ROWS * (N / PE) * (K / SIMD) + D
+// where D is the pipeline depth reported by Vitis HLS; it is about
+// 3 + L_mul + ceil(log2(SIMD)) (operand read, multiply with latency L_mul
+// (0 for LUT/bipolar products, ~3 for DSP48E2), adder tree over SIMD products,
+// accumulate/write). cycles_per_row() and iterations<ROWS>() give the II = 1
+// part, which is also the number of CODESIGN_TRIP() counts (types.h) per call.
+//
+// Memory: a is partitioned cyclically by SIMD along k, w by SIMD along k and PE
+// along n, so each of the PE x SIMD lanes reads its own bank once per cycle.
+// (The pragmas sit on run()'s array arguments, as hls4ml does for its dense
+// layers; when run() is itself the top function, whose arguments Vitis only
+// partitions along dim 1, declare the caller's arrays with this partitioning.)
+template <class A, class W, int K, int N, int PE = 1, int SIMD = 1, bool HAS_BIAS = false,
+          long long B_LO = (HAS_BIAS ? -2147483648LL : 0LL), long long B_HI = (HAS_BIAS ? 2147483647LL : 0LL),
+          int ACC_BITS = 0>
+struct Mvau {
+    static_assert(K >= 1 && N >= 1, "codesign::Mvau: K and N must be >= 1");
+    static_assert(PE >= 1 && N % PE == 0, "codesign::Mvau: N % PE must be 0");
+    static_assert(SIMD >= 1 && K % SIMD == 0, "codesign::Mvau: K % SIMD must be 0");
+    static_assert(A::bits >= 1 && A::bits <= 8, "codesign::Mvau: activations have 1..8 bits (docs/arithmetic.md §2)");
+    static_assert(A::bits > 1 || A::bipolar, "codesign::Mvau: 1-bit activations are bipolar (signed)");
+    static_assert(W::bits >= 1 && W::bits <= 8, "codesign::Mvau: weights have 1..8 bits (docs/arithmetic.md §2)");
+    static_assert(W::is_signed, "codesign::Mvau: weights are signed or bipolar (docs/arithmetic.md §2)");
+    static_assert(B_LO <= B_HI && B_LO >= -2147483648LL && B_HI <= 2147483647LL,
+                  "codesign::Mvau: bias range must lie in int32");
+    static_assert(HAS_BIAS || (B_LO == 0 && B_HI == 0), "codesign::Mvau: bias range without a bias");
+
+    static const int NF = N / PE;     // output folds
+    static const int SF = K / SIMD;   // input folds
+    static const int required_acc_bits = AccBits<A, W, K, B_LO, B_HI>::value;
+    static const int acc_bits = ACC_BITS > 0 ? ACC_BITS : required_acc_bits;
+    static_assert(ACC_BITS == 0 || (ACC_BITS >= required_acc_bits && ACC_BITS <= 48),
+                  "codesign::Mvau: an accumulator override must be at least AccBits and at most 48 bits");
+
+    typedef typename A::storage a_t;
+    typedef typename W::storage w_t;
+    typedef ap_int<32> bias_t;
+    typedef ap_int<acc_bits> acc_t;
+    typedef detail::Mul<A, W> mul_t;
+
+    // Pipelined iterations per input row, and for ROWS rows (cycles minus the pipeline depth).
+    static long long cycles_per_row() { return (long long)NF * SF; }
+    template <int ROWS>
+    static long long iterations() { return (long long)ROWS * NF * SF; }
+
+    // §2 without bias: out[r][n] = sum_k a[r][k] * w[k][n].
+    template <int ROWS>
+    static void run(const a_t a[ROWS][K], const w_t w[K][N], acc_t out[ROWS][N]) {
+#pragma HLS INLINE off
+        static_assert(!HAS_BIAS || ROWS < 0, "codesign::Mvau: HAS_BIAS is set, call run(a, w, bias, out)");
+        loop<ROWS>(a, w, detail::NoBias(), out);
+    }
+
+    // §2 with bias: out[r][n] = sum_k a[r][k] * w[k][n] + bias[n] (bias added once, first).
+    template <int ROWS>
+    static void run(const a_t a[ROWS][K], const w_t w[K][N], const bias_t bias[N], acc_t out[ROWS][N]) {
+#pragma HLS INLINE off
+#pragma HLS ARRAY_PARTITION variable = bias cyclic factor = PE dim = 1
+        static_assert(HAS_BIAS || ROWS < 0, "codesign::Mvau: declare HAS_BIAS = true to pass a bias");
+        loop<ROWS>(a, w, bias, out);
+    }
+
+   private:
+    template <int ROWS, class BIAS>
+    static void loop(const a_t a[ROWS][K], const w_t w[K][N], BIAS bias, acc_t out[ROWS][N]) {
+#pragma HLS INLINE
+#pragma HLS ARRAY_PARTITION variable = a cyclic factor = SIMD dim = 2
+#pragma HLS ARRAY_PARTITION variable = w cyclic factor = SIMD dim = 1
+#pragma HLS ARRAY_PARTITION variable = w cyclic factor = PE dim = 2
+#pragma HLS ARRAY_PARTITION variable = out cyclic factor = PE dim = 2
+        static_assert(ROWS >= 1, "codesign::Mvau: ROWS must be >= 1");
+        static_assert((long long)ROWS * NF * SF < 2147483647LL, "codesign::Mvau: too many iterations");
+        acc_t acc[PE];
+#pragma HLS ARRAY_PARTITION variable = acc complete
+        int r = 0, nf = 0, sf = 0;
+    mvau_fold:
+        for (int i = 0; i < ROWS * NF * SF; ++i) {
+#pragma HLS PIPELINE II = 1
+            CODESIGN_TRIP();
+        mvau_pe:
+            for (int p = 0; p < PE; ++p) {
+#pragma HLS UNROLL
+                const int n = nf * PE + p;
+                // Every partial sum (bias + j products) lies in the AccBits
+                // interval (§2), so acc_t never wraps.
+                acc_t s = (sf == 0) ? acc_t(bias[n]) : acc[p];
+            mvau_simd:
+                for (int j = 0; j < SIMD; ++j) {
+#pragma HLS UNROLL
+                    const int k = sf * SIMD + j;
+                    s += mul_t::prod(a[r][k], w[k][n]);
+                }
+                acc[p] = s;
+                if (sf == SF - 1) out[r][n] = s;
+            }
+            if (++sf == SF) {
+                sf = 0;
+                if (++nf == NF) {
+                    nf = 0;
+                    ++r;
+                }
+            }
+        }
+    }
+};
+
+// §2 convenience wrappers around Mvau<...>::run.
+template <class A, class W, int K, int N, int PE, int SIMD, int ROWS>
+void matmul(const typename A::storage a[ROWS][K], const typename W::storage w[K][N],
+            typename Mvau<A, W, K, N, PE, SIMD>::acc_t out[ROWS][N]) {
+#pragma HLS INLINE
+    Mvau<A, W, K, N, PE, SIMD>::template run<ROWS>(a, w, out);
+}
+
+template <class A, class W, int K, int N, int PE, int SIMD, int ROWS>
+void matmul(const typename A::storage a[ROWS][K], const typename W::storage w[K][N], const ap_int<32> bias[N],
+            typename Mvau<A, W, K, N, PE, SIMD, true>::acc_t out[ROWS][N]) {
+#pragma HLS INLINE
+    Mvau<A, W, K, N, PE, SIMD, true>::template run<ROWS>(a, w, bias, out);
+}
+
+}  // namespace codesign
+
+#endif  // CODESIGN_MATMUL_H
