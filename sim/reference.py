@@ -73,6 +73,7 @@ def _as_type(t: IntType | tuple) -> IntType:
 
 def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
     """(lo, hi) of a code type, as QONNX's min_int/max_int (§0)."""
+    _check_bits("int_range", "bits", bits, 1, 32)
     if bits == 1 and signed:
         return -1, 1
     if signed:
@@ -109,7 +110,9 @@ def _ints(op: str, what: str, x) -> np.ndarray:
 
 def sat(v, lo: int, hi: int) -> np.ndarray:
     """Clamp to [lo, hi]."""
-    return np.clip(np.asarray(v, dtype=np.int64), lo, hi)
+    if lo > hi:
+        raise ValueError(f"sat: lo={lo} > hi={hi}")
+    return np.clip(_ints("sat", "v", v), lo, hi)
 
 
 def rshr(v, s) -> np.ndarray:
@@ -117,8 +120,8 @@ def rshr(v, s) -> np.ndarray:
 
     ``v`` must satisfy |v| < 2^62 so that the addition cannot overflow int64.
     """
-    v = np.asarray(v, dtype=np.int64)
-    s = np.asarray(s, dtype=np.int64)
+    v = _ints("rshr", "v", v)
+    s = _ints("rshr", "shift", s)
     if s.size and (s.min() < 0 or s.max() > 62):
         raise ValueError(f"rshr: shift {int(s.min())}..{int(s.max())} outside 0..62")
     half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
@@ -190,6 +193,10 @@ def dequantize(q, scale) -> np.ndarray:
     """§1: fl32(q * scale)."""
     q = _ints("dequantize", "q", q)
     s = _scale("dequantize", scale)
+    try:
+        np.broadcast_shapes(q.shape, s.shape)
+    except ValueError:
+        raise ValueError(f"dequantize: scale shape {s.shape} does not broadcast to input shape {q.shape}") from None
     return np.multiply(q.astype(np.float32), s, dtype=np.float32)
 
 
@@ -197,9 +204,16 @@ def dequantize(q, scale) -> np.ndarray:
 # §2 integer matmul
 # ---------------------------------------------------------------------------
 
-def acc_range(K: int, a: IntType, w: IntType, bias_lo: int = 0, bias_hi: int = 0) -> tuple[int, int]:
+def acc_range(K: int, a: IntType, w: IntType, bias_lo: int = 0, bias_hi: int = 0,
+              _op: str = "acc_range") -> tuple[int, int]:
     """Exact reachable range of sum_{k<K} a_k*w_k + b (§2)."""
+    if not isinstance(K, (int, np.integer)) or K < 1:
+        raise ValueError(f"{_op}: K={K!r} must be an integer >= 1")
     a, w = _as_type(a), _as_type(w)
+    _check_mm_type(_op, "activation", a, True)
+    _check_mm_type(_op, "weight", w, False)  # §2: W is signed or bipolar
+    if bias_lo > bias_hi:
+        raise ValueError(f"{_op}: bias_lo={bias_lo} > bias_hi={bias_hi}")
     corners = [a.lo * w.lo, a.lo * w.hi, a.hi * w.lo, a.hi * w.hi]
     p_lo, p_hi = min(corners), max(corners)
     return K * min(p_lo, 0) + bias_lo, K * max(p_hi, 0) + bias_hi
@@ -214,9 +228,7 @@ def _bits_for(lo: int, hi: int) -> int:
 
 def acc_bits(K: int, a: IntType, w: IntType, bias_lo: int = 0, bias_hi: int = 0) -> int:
     """Smallest two's-complement accumulator width that provably never overflows (§2)."""
-    if K < 1:
-        raise ValueError(f"acc_bits: K={K} must be >= 1")
-    return _bits_for(*acc_range(K, a, w, bias_lo, bias_hi))
+    return _bits_for(*acc_range(K, a, w, bias_lo, bias_hi, _op="acc_bits"))
 
 
 def _check_mm_type(op: str, what: str, t: IntType, allow_unsigned: bool) -> None:
@@ -227,21 +239,20 @@ def _check_mm_type(op: str, what: str, t: IntType, allow_unsigned: bool) -> None
         raise ValueError(f"{op}: {what} must be signed or bipolar")
 
 
-_F64_EXACT_K = 1 << 37  # |product| <= 2^15, so K < 2^37 keeps every partial sum < 2^52
-
 
 def matmul(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntType = IntType(4, True),
            check: bool = True) -> np.ndarray:
     """§2: acc[..., n] = sum_k a[..., k] * w[k, n] + bias[n], exact, int64.
 
     ``w`` may be 2-D (K, N) or batched (..., K, N) (activation x activation, e.g. Q·Kᵀ).
-    Evaluated as a float64 matmul: every product is an integer with |p| <= 2^15 and
-    K < 2^37, so every partial sum is an integer below 2^52 and float64 is exact.
+    Evaluated as a float64 matmul: every product is an integer with |p| <= 2^15 and the
+    accumulator is at most 48 bits (checked; it implies K < 2^37), so every partial sum
+    is an integer below 2^52, where float64 is exact.
     """
     op = "matmul"
     a_type, w_type = _as_type(a_type), _as_type(w_type)
     _check_mm_type(op, "activation", a_type, True)
-    _check_mm_type(op, "weight", w_type, True)
+    _check_mm_type(op, "weight", w_type, False)  # §2: W is signed or bipolar
     a = _ints(op, "a", a)
     w = _ints(op, "w", w)
     if a.ndim < 1 or w.ndim < 2:
@@ -249,11 +260,12 @@ def matmul(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntType
     K = a.shape[-1]
     if w.shape[-2] != K:
         raise ValueError(f"{op}: inner dimensions differ: a {a.shape} (K={K}) vs w {w.shape} (K={w.shape[-2]})")
-    if K >= _F64_EXACT_K:
-        raise ValueError(f"{op}: K={K} too large for exact float64 accumulation (< 2^37)")
     if check:
         _check_codes(op, "a", a, a_type)
         _check_codes(op, "w", w, w_type)
+    wacc = acc_bits(K, a_type, w_type, *((-(2**31), 2**31 - 1) if bias is not None else (0, 0)))
+    if wacc > 48:
+        raise ValueError(f"{op}: K={K} needs a {wacc}-bit accumulator, more than 48 bits (§2)")
     acc = np.matmul(a.astype(np.float64), w.astype(np.float64)).astype(np.int64)
     if bias is not None:
         b = _ints(op, "bias", bias)
@@ -302,7 +314,12 @@ def dyadic(r, m: int = 16) -> tuple[np.ndarray, np.ndarray]:
 
 def requant(acc, M, sh, out_type: IntType = IntType(8, True), acc_bits_max: int | None = None,
             m: int = 16) -> np.ndarray:
-    """§3: sat_Y(rshr(acc * M, sh)); M, sh broadcast per channel."""
+    """§3: sat_Y(rshr(acc * M, sh)); M, sh broadcast per channel.
+
+    ``acc_bits_max``: the declared accumulator width W_acc (values must fit it); by
+    default the width of the actual values. ``m``: the multiplier width (at least the
+    width of the largest M). §3 requires W_acc + m <= 62.
+    """
     op = "requant"
     out_type = _as_type(out_type)
     _check_bits(op, "output bits", out_type.bits, 2, 16)
@@ -318,8 +335,14 @@ def requant(acc, M, sh, out_type: IntType = IntType(8, True), acc_bits_max: int 
     if sh.size and (sh.min() < 0 or sh.max() > MAX_SHIFT):
         raise ValueError(f"{op}: shift outside 0..{MAX_SHIFT}: [{int(sh.min())}, {int(sh.max())}]")
     mbits = max(m, int(M.max()).bit_length() if M.size else 0)
-    if acc.size:
-        wacc = _bits_for(int(acc.min()), int(acc.max()))
+    if acc.size or acc_bits_max is not None:
+        wacc = _bits_for(int(acc.min()), int(acc.max())) if acc.size else 1
+        if acc_bits_max is not None:
+            _check_bits(op, "acc_bits_max", acc_bits_max, 1, 62)
+            if wacc > acc_bits_max:
+                raise ValueError(f"{op}: accumulator values [{int(acc.min())}, {int(acc.max())}] "
+                                 f"do not fit the declared {acc_bits_max} bits")
+            wacc = int(acc_bits_max)
         if wacc + mbits > 62:
             raise ValueError(f"{op}: accumulator of {wacc} bits x {mbits}-bit multiplier exceeds 62 bits")
     return sat(rshr(acc * M, sh), out_type.lo, out_type.hi)
@@ -358,8 +381,11 @@ LUT_FUNCTIONS: Mapping[str, Callable[[np.ndarray], np.ndarray]] = {
 
 def lut_index(q, in_type: IntType) -> np.ndarray:
     """§4: table index = bit pattern of the code."""
+    op = "lut_index"
     in_type = _as_type(in_type)
-    q = _ints("lut", "q", q)
+    _check_bits(op, "input bits", in_type.bits, 1, 8)
+    q = _ints(op, "q", q)
+    _check_codes(op, "q", q, IntType(in_type.bits, in_type.signed))
     if in_type.bipolar:
         return (q + 1) // 2
     if in_type.signed:
@@ -472,11 +498,16 @@ _LN_E_MAX = (1 << 40) - 1
 
 
 def isqrt(v) -> np.ndarray:
-    """floor(sqrt(v)) for 0 <= v < 2^63, exact (Python's math.isqrt per element)."""
-    v = _ints("isqrt", "v", v)
-    if v.size and v.min() < 0:
-        raise ValueError(f"isqrt: negative input {int(v.min())}")
-    return np.array([math.isqrt(int(t)) for t in v.ravel()], dtype=np.int64).reshape(v.shape)
+    """floor(sqrt(v)) for 0 <= v < 2^64 (§6), exact (Python's math.isqrt per element).
+
+    Values >= 2^63 come as ``np.uint64`` (or Python ints, which numpy makes uint64).
+    """
+    a = np.asarray(v)
+    if a.dtype != np.uint64:  # uint64 is non-negative and < 2^64; anything else via int64
+        a = _ints("isqrt", "v", a)
+        if a.size and a.min() < 0:
+            raise ValueError(f"isqrt: negative input {int(a.min())}")
+    return np.array([math.isqrt(int(t)) for t in a.ravel()], dtype=np.int64).reshape(a.shape)
 
 
 @dataclass(frozen=True)
@@ -618,8 +649,11 @@ def xnor_popcount(a_bits, w_bits, K: int) -> np.ndarray:
     independent path from matmul on +-1 values, which the tests compare against.
     """
     op = "xnor_popcount"
-    a_bits = np.asarray(a_bits, dtype=np.uint8)
-    w_bits = np.asarray(w_bits, dtype=np.uint8)
+    a_bits, w_bits = _ints(op, "a_bits", a_bits), _ints(op, "w_bits", w_bits)
+    for what, b in (("a_bits", a_bits), ("w_bits", w_bits)):  # no silent uint8 wrap
+        if b.size and (b.min() < 0 or b.max() > 255):
+            raise ValueError(f"{op}: {what} must hold packed bytes 0..255, got [{int(b.min())}, {int(b.max())}]")
+    a_bits, w_bits = a_bits.astype(np.uint8), w_bits.astype(np.uint8)
     nb = (K + 7) // 8
     if K < 1 or a_bits.shape[-1] != nb or w_bits.ndim != 2 or w_bits.shape[-1] != nb:
         raise ValueError(f"{op}: K={K} needs packed rows of {nb} bytes, got a {a_bits.shape}, w {w_bits.shape}")
@@ -658,24 +692,35 @@ def bn_thresholds(gamma, beta, mean, var, eps: float, acc_scale, levels) -> np.n
     Channels with gamma <= 0 must be fixed by the compiler first (negate the channel's weights).
     """
     op = "bn_thresholds"
-    g = np.asarray(gamma, dtype=np.float64)
+    g, b, mu, v = (np.asarray(p, dtype=np.float64) for p in (gamma, beta, mean, var))
+    u = np.asarray(levels, dtype=np.float64)
+    s = np.asarray(acc_scale, dtype=np.float64)
+    if g.ndim != 1 or any(p.shape != g.shape for p in (b, mu, v)) or s.shape not in ((), g.shape):
+        raise ValueError(f"{op}: gamma {g.shape}, beta {b.shape}, mean {mu.shape}, var {v.shape} must be equal "
+                         f"1-D shapes and acc_scale {s.shape} scalar or the same")
+    if u.ndim != 1 or u.size < 1 or np.any(np.diff(u) < 0):
+        raise ValueError(f"{op}: levels must be a non-empty ascending 1-D sequence, got {u.tolist()}")
+    if not all(np.all(np.isfinite(p)) for p in (g, b, mu, v, u, s, np.float64(eps))):
+        raise ValueError(f"{op}: parameters must be finite")
     if np.any(g <= 0):
         raise ValueError(f"{op}: gamma must be > 0 (negate the weights of channels {np.nonzero(g <= 0)[0][:8].tolist()})")
-    std = np.sqrt(np.asarray(var, dtype=np.float64) + eps)
-    u = np.asarray(levels, dtype=np.float64)[None, :]
-    real = (np.asarray(mean, np.float64)[:, None] + (u - np.asarray(beta, np.float64)[:, None])
-            * (std / g)[:, None])
-    s = np.asarray(acc_scale, dtype=np.float64)
-    s = s[:, None] if s.ndim else s
-    return np.ceil(real / s).astype(np.int64)
+    if not eps >= 0 or np.any(v < 0) or np.any(v + eps <= 0):
+        raise ValueError(f"{op}: need var >= 0, eps >= 0 and var + eps > 0 (eps={eps!r})")
+    if np.any(s <= 0):
+        raise ValueError(f"{op}: acc_scale must be > 0")
+    real = mu[:, None] + (u[None, :] - b[:, None]) * (np.sqrt(v + eps) / g)[:, None]
+    T = np.ceil(real / (s[:, None] if s.ndim else s))
+    if not np.all(np.abs(T) < 2.0**62):
+        raise ValueError(f"{op}: thresholds beyond int64 (|T| >= 2^62): gamma too small for the scale")
+    return T.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------
 # §9 pooling
 # ---------------------------------------------------------------------------
 
-def _windows(x: np.ndarray, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int], fill: int):
-    op = "pool"
+def _windows(x: np.ndarray, k: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int], fill: int,
+             op: str = "pool"):
     if x.ndim != 4:
         raise ValueError(f"{op}: input must be NCHW, got shape {x.shape}")
     kh, kw = k
@@ -699,10 +744,11 @@ def _pair(v) -> tuple[int, int]:
 def maxpool2d(x, kernel, stride=None, pad=0, in_type: IntType = IntType(8, True)) -> np.ndarray:
     """§9: max over each window; padding holds lo_X."""
     in_type = _as_type(in_type)
+    _check_bits("maxpool2d", "input bits", in_type.bits, 1, 8)  # §0/§9: activations of 1..8 bits
     x = _ints("maxpool2d", "x", x)
     _check_codes("maxpool2d", "x", x, in_type)
     k = _pair(kernel)
-    win = _windows(x, k, _pair(stride if stride is not None else kernel), _pair(pad), in_type.lo)
+    win = _windows(x, k, _pair(stride if stride is not None else kernel), _pair(pad), in_type.lo, "maxpool2d")
     return win.max(axis=(-2, -1))
 
 
@@ -711,8 +757,14 @@ def avgpool2d(x, kernel, M, sh, stride=None, pad=0, in_type: IntType = IntType(8
     """§9: window sum (padding 0, divisor kh*kw) then requant with M/2^sh ~ s_x/(kh*kw*s_y)."""
     in_type = _as_type(in_type)
     out_type = _as_type(out_type) if out_type is not None else in_type
+    _check_bits("avgpool2d", "input bits", in_type.bits, 1, 8)  # §9: |sum| < kh*kw*2^8
     x = _ints("avgpool2d", "x", x)
     _check_codes("avgpool2d", "x", x, in_type)
+    if np.ndim(M) or np.ndim(sh):
+        raise ValueError(f"avgpool2d: one (M, sh) per tensor (§9), got shapes {np.shape(M)} and {np.shape(sh)}")
     k = _pair(kernel)
-    win = _windows(x, k, _pair(stride if stride is not None else kernel), _pair(pad), 0)
-    return requant(win.sum(axis=(-2, -1)), M, sh, out_type)
+    win = _windows(x, k, _pair(stride if stride is not None else kernel), _pair(pad), 0, "avgpool2d")
+    try:
+        return requant(win.sum(axis=(-2, -1)), M, sh, out_type)
+    except ValueError as e:  # name this op first (§0)
+        raise ValueError(f"avgpool2d: {e}") from None

@@ -8,7 +8,7 @@ install from `make setup`) and a wheel built from a copy of the sources.
 
 from __future__ import annotations
 
-import importlib.metadata
+import json
 import os
 import shutil
 import subprocess
@@ -104,14 +104,23 @@ def test_ci_script_is_strict_and_executable():
 # ---------------------------------------------------------------- installed environment
 
 
-def test_installed_distribution():
-    dist = importlib.metadata.distribution("codesign")
-    assert dist.version == "0.1.0"
-    scripts = {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"}
-    assert scripts == {"codesign": "codesign.accel.cli:main"}
+def test_installed_distribution(tmp_path):
+    """The installed distribution (looked up from outside the repo, so the editable
+    install's codesign.egg-info in the repo root is not what is found)."""
+    code = (
+        "import importlib.metadata as m, json, pathlib\n"
+        "d = m.distribution('codesign')\n"
+        "print(json.dumps({'version': d.version,\n"
+        "  'scripts': {e.name: e.value for e in d.entry_points if e.group == 'console_scripts'},\n"
+        "  'tops': sorted({pathlib.Path(str(f)).parts[0] for f in d.files or []})}))\n"
+    )
+    out = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         check=True)
+    info = json.loads(out.stdout)
+    assert info["version"] == "0.1.0"
+    assert info["scripts"] == {"codesign": "codesign.accel.cli:main"}
     # No file of the distribution is a bare stage module at site-packages level.
-    tops = {Path(str(f)).parts[0] for f in dist.files or []}
-    assert not tops & set(STAGES), tops
+    assert not set(info["tops"]) & set(STAGES), info["tops"]
 
 
 def test_only_namespaced_imports_work(tmp_path):
