@@ -10,6 +10,22 @@
 namespace codesign {
 
 // ---------------------------------------------------------------------------
+// Trip counting for the cost model. Every pipelined (II=1) loop body of the
+// kernel library calls CODESIGN_TRIP() once per iteration. In C-simulation
+// this counts the iterations, which tests compare with the cycle formulas of
+// codesign.accel.ops (the cost model); in synthesis it expands to nothing.
+// ---------------------------------------------------------------------------
+#ifndef __SYNTHESIS__
+inline unsigned long long& csim_trips() {
+    static unsigned long long n = 0;
+    return n;
+}
+#define CODESIGN_TRIP() (++::codesign::csim_trips())
+#else
+#define CODESIGN_TRIP() ((void)0)
+#endif
+
+// ---------------------------------------------------------------------------
 // Code types (§0). IntT<BITS, SIGNED, NARROW> describes one integer code type:
 //   storage  the hardware word (ap_int / ap_uint; a bipolar value is one bit)
 //   value_t  a signed type wide enough for every numeric value of the type
