@@ -89,6 +89,28 @@ def format_boards_table(boards: Sequence[Board]) -> str:
     return "".join(fmt(r) for r in (header, *rows))
 
 
+def _cmd_ops(args: argparse.Namespace) -> int:
+    from codesign.accel.ops import OPS
+
+    if args.json:
+        payload = [
+            {"name": o.name, "section": o.section, "summary": o.summary, "reference": o.reference,
+             "csim": o.csim, "header": o.header, "entry": o.entry, "rtl": o.rtl,
+             "cycles": (o.trips.__doc__ or "").strip()}
+            for o in OPS.values()
+        ]
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return EXIT_OK
+    rows = [("op", "§", "HLS", "reference", "cycles (II=1 iterations)")]
+    rows += [(o.name, o.section, f"{o.header}:{o.entry}", o.reference.rsplit(".", 1)[-1],
+              (o.trips.__doc__ or "").strip().split("\n")[0]) for o in OPS.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] + "\n")
+    sys.stdout.write("contract: docs/arithmetic.md; every op: numpy reference == g++ csim of the HLS template\n")
+    return EXIT_OK
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     try:
         board = get_board(args.board)
@@ -124,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_boards = sub.add_parser("boards", help="list the supported boards and their FPGA resources")
     p_boards.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p_boards.set_defaults(func=_cmd_boards)
+
+    p_ops = sub.add_parser("ops", help="list the integer ops of the arithmetic contract and their faces")
+    p_ops.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p_ops.set_defaults(func=_cmd_ops)
 
     p_build = sub.add_parser(
         "build",

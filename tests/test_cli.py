@@ -204,3 +204,16 @@ def test_cli_import_does_not_pull_heavy_modules(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_ops_lists_every_contract_op(capsys):
+    assert cli.main(["ops", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    names = [o["name"] for o in listed]
+    # the ops named in docs/arithmetic.md, written out here, not read from the registry
+    assert names == ["quantize", "dequantize", "matmul", "requant", "lut", "softmax", "isqrt", "layernorm",
+                     "add", "xnor_popcount", "threshold", "maxpool2d", "avgpool2d"]
+    assert all(o["header"].startswith("codesign/") and o["cycles"] for o in listed)
+    assert cli.main(["ops"]) == 0
+    table = capsys.readouterr().out
+    assert "codesign/matmul.h:matmul" in table and "docs/arithmetic.md" in table
