@@ -260,6 +260,8 @@ def matmul(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntType
     K = a.shape[-1]
     if w.shape[-2] != K:
         raise ValueError(f"{op}: inner dimensions differ: a {a.shape} (K={K}) vs w {w.shape} (K={w.shape[-2]})")
+    if K < 1:
+        raise ValueError(f"{op}: K={K}, need at least one product per output")
     if check:
         _check_codes(op, "a", a, a_type)
         _check_codes(op, "w", w, w_type)
@@ -303,7 +305,7 @@ def dyadic(r, m: int = 16) -> tuple[np.ndarray, np.ndarray]:
     M = np.where(carry, 1 << (m - 1), M)
     sh = np.where(carry, sh - 1, sh)
     if np.any(sh < 0):
-        raise ValueError(f"{op}: ratio {float(r[sh < 0].ravel()[0])!r} >= 2^{m - 1}: output scale too small "
+        raise ValueError(f"{op}: ratio {float(r[sh < 0].ravel()[0])!r} >= 2^{m} - 1/2: output scale too small "
                          f"for a {m}-bit dyadic multiplier")
     tiny = sh > MAX_SHIFT
     if np.any(tiny):
