@@ -23,8 +23,9 @@ documented in the headers.
 
 Every int64 that enters an ``ap_int``/``ap_uint`` in a harness goes through
 ``csim::fit_check`` (and codes through their type's range check) first, so a
-wrapped value can never hide a bug. Arguments are also validated here, and
-unsupported ones raise ``ValueError`` naming the op, as the reference does.
+wrapped value can never hide a bug. Arguments are also validated here (with the
+helpers of :mod:`codesign.sim.checks`), and unsupported ones raise ``ValueError``
+naming the op, as the reference does.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from codesign.hls import csim
+from codesign.sim.checks import as_type, check_bits, check_broadcast, check_codes, check_scale, int_codes
 from codesign.sim.reference import IntType
 
 __all__ = [
@@ -107,57 +109,11 @@ def _sub(template: str, **values: Any) -> str:
     return out
 
 
-def _as_type(t: IntType | tuple) -> IntType:
-    return t if isinstance(t, IntType) else IntType(*t)
-
-
 def cpp_type(t: IntType | tuple) -> str:
     """The HLS code type of an IntType: ``codesign::IntT<BITS, SIGNED, NARROW>``."""
-    t = _as_type(t)
+    t = as_type("cpp_type", t)
     narrow = False if t.bipolar else bool(t.narrow)
     return f"codesign::IntT<{int(t.bits)}, {'true' if t.signed else 'false'}, {'true' if narrow else 'false'}>"
-
-
-def _check_bits(op: str, what: str, bits: Any, lo: int, hi: int) -> None:
-    if not isinstance(bits, (int, np.integer)) or isinstance(bits, bool) or not lo <= bits <= hi:
-        raise ValueError(f"{op}: {what}={bits!r} not supported ({lo}..{hi})")
-
-
-def _int_array(op: str, what: str, x: Any) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype.kind not in "iub":
-        if a.dtype.kind == "f" and (a.size == 0 or (np.all(np.isfinite(a)) and np.all(a == np.round(a)))):
-            pass
-        else:
-            raise ValueError(f"{op}: {what} must be integer codes, got dtype {a.dtype}")
-    if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
-        raise ValueError(f"{op}: {what} value {int(a.max())} does not fit int64")
-    return a.astype(np.int64)
-
-
-def _check_codes(op: str, what: str, q: np.ndarray, t: IntType) -> None:
-    if q.size == 0:
-        return
-    lo, hi = int(q.min()), int(q.max())
-    if t.bipolar:
-        if not np.all((q == 1) | (q == -1)):
-            raise ValueError(f"{op}: {what} must be bipolar (-1/+1), got values in [{lo}, {hi}]")
-    elif lo < t.lo or hi > t.hi:
-        raise ValueError(f"{op}: {what} values [{lo}, {hi}] outside {t} range [{t.lo}, {t.hi}]")
-
-
-def _scale32(op: str, s: Any) -> np.ndarray:
-    s = np.asarray(s, dtype=np.float32)
-    if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise ValueError(f"{op}: scale must be finite and > 0, got {s.ravel()[:4].tolist()}")
-    return s
-
-
-def _broadcast(op: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
-    try:
-        return tuple(np.broadcast_shapes(*shapes))
-    except ValueError:
-        raise ValueError(f"{op}: shapes {' / '.join(str(s) for s in shapes)} do not broadcast") from None
 
 
 def _chunked(flat: np.ndarray, pad: Any) -> np.ndarray:
@@ -175,6 +131,18 @@ def _per_channel_rows(p: np.ndarray, full: tuple[int, ...], C: int) -> np.ndarra
     if p.ndim >= 1 and all(d == 1 for d in p.shape[:-1]) and p.shape[-1] == C:
         return p.reshape(1, C)
     return np.broadcast_to(p, full).reshape(-1, C)
+
+
+def _scaled_rows(data: np.ndarray, s: np.ndarray, full: tuple[int, ...], pad: Any
+                 ) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """``data`` broadcast to ``full`` as kernel rows, with its scales ``s``: a per-tensor
+    scale streams rows of CHUNK (the last padded with ``pad``), per-channel scales use the
+    last axis as the row. Returns (PER_TENSOR, C, data rows, scale rows)."""
+    db = np.broadcast_to(data, full)
+    if s.size == 1:
+        return 1, CHUNK, _chunked(db.ravel(), pad), s.reshape(1)
+    C = full[-1]
+    return 0, C, db.reshape(-1, C), _per_channel_rows(s, full, C)
 
 
 # ---------------------------------------------------------------------------
@@ -228,15 +196,15 @@ def quantize_ex(x, scale, bits: int, signed: bool = True, narrow: bool = False,
                 rounding: str = "ROUND", zero_point=0) -> tuple[np.ndarray, dict[str, int]]:
     """:func:`quantize`, also returning ``{"trips": pipelined iterations}`` (rows x C)."""
     op = "quantize"
-    _check_bits(op, "bits", bits, 1, 16)
+    check_bits(op, "bits", bits, 1, 16)
     if np.any(np.asarray(zero_point) != 0):
         raise ValueError(f"{op}: zero_point must be 0 (symmetric quantization), got {zero_point!r}")
     mode = str(rounding).upper()
     if mode not in ROUNDING_MODES:
         raise ValueError(f"{op}: rounding mode {rounding!r} not supported ({', '.join(ROUNDING_MODES)})")
     x = np.asarray(x, dtype=np.float32)
-    s = _scale32(op, scale)
-    full = _broadcast(op, x.shape, s.shape)
+    s = check_scale(op, scale)
+    full = check_broadcast(op, x.shape, s.shape)
     if x.size and not np.all(np.isfinite(x)):
         raise ValueError(f"{op}: input contains NaN or infinity")
     n = math.prod(full)
@@ -245,13 +213,7 @@ def quantize_ex(x, scale, bits: int, signed: bool = True, narrow: bool = False,
     t = IntType(int(bits), bool(signed), bool(narrow))
     if t.bipolar:
         mode = "ROUND"  # no rounding for bipolar codes: one configuration
-    xb = np.broadcast_to(x, full)
-    if s.size == 1:
-        per_tensor, C = 1, CHUNK
-        xr, sr = _chunked(xb.ravel(), np.float32(0)), s.reshape(1)
-    else:
-        per_tensor, C = 0, full[-1]
-        xr, sr = xb.reshape(-1, C), _per_channel_rows(s, full, C)
+    per_tensor, C, xr, sr = _scaled_rows(x, s, full, np.float32(0))
     src = _sub(_QUANT_SRC, T=cpp_type(t), R=mode, C=C, PER_TENSOR=per_tensor)
     res = csim.run(src, {"x": np.ascontiguousarray(xr), "s": np.ascontiguousarray(sr)}, name=op)
     return res["q"].ravel()[:n].reshape(full), {"trips": int(res["trips"])}
@@ -307,9 +269,9 @@ def dequantize_ex(q, scale, *, q_type: IntType | tuple | None = None) -> tuple[n
     binary32 exactly and are not supported by the kernel).
     """
     op = "dequantize"
-    q = _int_array(op, "q", q)
-    s = _scale32(op, scale)
-    full = _broadcast(op, q.shape, s.shape)
+    q = int_codes(op, "q", q)
+    s = check_scale(op, scale)
+    full = check_broadcast(op, q.shape, s.shape)
     n = math.prod(full)
     if n == 0:
         return np.zeros(full, dtype=np.float32), {"trips": 0}
@@ -322,17 +284,10 @@ def dequantize_ex(q, scale, *, q_type: IntType | tuple | None = None) -> tuple[n
         else:
             raise ValueError(f"{op}: codes [{lo}, {hi}] need more than 24 bits (not exact in binary32)")
     else:
-        t = _as_type(q_type)
-        _check_bits(op, "code bits", t.bits, 1, 24)
-        _check_codes(op, "q", q, t)
-    qb = np.broadcast_to(q, full)
-    pad = -1 if t.bipolar else 0
-    if s.size == 1:
-        per_tensor, C = 1, CHUNK
-        qr, sr = _chunked(qb.ravel(), pad), s.reshape(1)
-    else:
-        per_tensor, C = 0, full[-1]
-        qr, sr = qb.reshape(-1, C), _per_channel_rows(s, full, C)
+        t = as_type(op, q_type)
+        check_bits(op, "code bits", t.bits, 1, 24)
+        check_codes(op, "q", q, t)
+    per_tensor, C, qr, sr = _scaled_rows(q, s, full, -1 if t.bipolar else 0)
     src = _sub(_DEQUANT_SRC, T=cpp_type(t), C=C, PER_TENSOR=per_tensor)
     res = csim.run(src, {"q": np.ascontiguousarray(qr), "s": np.ascontiguousarray(sr)}, name=op)
     return res["y"].ravel()[:n].reshape(full), {"trips": int(res["trips"])}
@@ -419,15 +374,15 @@ def matmul_ex(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntT
     ``iterations_per_row`` ((N/PE)*(K/SIMD)) and ``trips`` (pipelined iterations
     run: batches x row blocks x block_rows x iterations_per_row)."""
     op = "matmul"
-    a_type, w_type = _as_type(a_type), _as_type(w_type)
+    a_type, w_type = as_type(op, a_type), as_type(op, w_type)
     for what, t in (("activation", a_type), ("weight", w_type)):
-        _check_bits(op, f"{what} bits", t.bits, 1, 8)
+        check_bits(op, f"{what} bits", t.bits, 1, 8)
         if t.bits == 1 and not t.signed:
             raise ValueError(f"{op}: 1-bit {what} must be bipolar (signed=True), unsigned 1-bit is not supported")
     if not w_type.signed:
         raise ValueError(f"{op}: weight must be signed or bipolar")
-    a = _int_array(op, "a", a)
-    w = _int_array(op, "w", w)
+    a = int_codes(op, "a", a)
+    w = int_codes(op, "w", w)
     if a.ndim < 1 or w.ndim < 2:
         raise ValueError(f"{op}: need a (..., K) and w (K, N), got shapes {a.shape} and {w.shape}")
     K, N = a.shape[-1], w.shape[-1]
@@ -435,8 +390,8 @@ def matmul_ex(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntT
         raise ValueError(f"{op}: inner dimensions differ: a {a.shape} (K={K}) vs w {w.shape} (K={w.shape[-2]})")
     if K < 1 or N < 1:
         raise ValueError(f"{op}: empty inner or output dimension (K={K}, N={N})")
-    _check_codes(op, "a", a, a_type)
-    _check_codes(op, "w", w, w_type)
+    check_codes(op, "a", a, a_type)
+    check_codes(op, "w", w, w_type)
     for what, v in (("pe", pe), ("simd", simd), ("block_rows", block_rows)):
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{op}: {what}={v!r} must be a positive integer")
@@ -444,7 +399,7 @@ def matmul_ex(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntT
         raise ValueError(f"{op}: folding pe={pe}, simd={simd} must divide N={N}, K={K}")
     has_bias = bias is not None
     if has_bias:
-        b = _int_array(op, "bias", bias)
+        b = int_codes(op, "bias", bias)
         if b.shape not in ((), (N,)):
             raise ValueError(f"{op}: bias shape {b.shape} does not match N={N}")
         b = np.broadcast_to(b, (N,))
@@ -467,7 +422,7 @@ def matmul_ex(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntT
         w3 = w.reshape(1, K, N)
     else:
         a2 = a if a.ndim >= 2 else a[None, :]
-        batch = _broadcast(op, a2.shape[:-2], w.shape[:-2])
+        batch = check_broadcast(op, a2.shape[:-2], w.shape[:-2])
         Mr = a2.shape[-2]
         a3 = np.broadcast_to(a2, batch + (Mr, K)).reshape(-1, Mr, K)
         w3 = np.broadcast_to(w, batch + (K, N)).reshape(-1, K, N)
@@ -568,13 +523,13 @@ def requant_ex(acc, M, sh, out_type: IntType = IntType(8, True), acc_bits_max: i
     (last axis) or other broadcasts the per-channel one. ``pe``: lanes per cycle.
     """
     op = "requant"
-    out_type = _as_type(out_type)
-    _check_bits(op, "output bits", out_type.bits, 2, 16)
-    _check_bits(op, "m", m, 1, 24)
-    acc = _int_array(op, "acc", acc)
-    M = _int_array(op, "M", M)
-    sh = _int_array(op, "shift", sh)
-    full = _broadcast(op, acc.shape, M.shape, sh.shape)
+    out_type = as_type(op, out_type)
+    check_bits(op, "output bits", out_type.bits, 2, 16)
+    check_bits(op, "m", m, 1, 24)
+    acc = int_codes(op, "acc", acc)
+    M = int_codes(op, "M", M)
+    sh = int_codes(op, "shift", sh)
+    full = check_broadcast(op, acc.shape, M.shape, sh.shape)
     if M.size and (M.min() < 0 or M.max() >= 1 << 24):
         raise ValueError(f"{op}: multiplier outside 0..2^24-1: [{int(M.min())}, {int(M.max())}]")
     if sh.size and (sh.min() < 0 or sh.max() > MAX_SHIFT):
@@ -668,9 +623,9 @@ def lut_ex(q, table, in_type: IntType, *, out_type: IntType | tuple | None = Non
     HLS); by default int16 (or uint16 if the entries need it).
     """
     op = "lut"
-    in_type = _as_type(in_type)
-    _check_bits(op, "input bits", in_type.bits, 1, 8)
-    table = _int_array(op, "table", table)
+    in_type = as_type(op, in_type)
+    check_bits(op, "input bits", in_type.bits, 1, 8)
+    table = int_codes(op, "table", table)
     nt = 2 if in_type.bipolar else 1 << in_type.bits
     if table.shape != (nt,):
         raise ValueError(f"{op}: table has shape {table.shape}, {in_type} input needs ({nt},)")
@@ -679,12 +634,12 @@ def lut_ex(q, table, in_type: IntType, *, out_type: IntType | tuple | None = Non
         if y_type is None:
             raise ValueError(f"{op}: table entries [{int(table.min())}, {int(table.max())}] exceed 16 bits")
     else:
-        y_type = _as_type(out_type)
-        _check_bits(op, "output bits", y_type.bits, 1, 16)
-        _check_codes(op, "table", table, y_type)
-    q = _int_array(op, "q", q)
+        y_type = as_type(op, out_type)
+        check_bits(op, "output bits", y_type.bits, 1, 16)
+        check_codes(op, "table", table, y_type)
+    q = int_codes(op, "q", q)
     x_type = IntType(in_type.bits, in_type.signed)  # narrow does not change the index
-    _check_codes(op, "q", q, x_type)
+    check_codes(op, "q", q, x_type)
     if q.size == 0:
         return np.zeros(q.shape, dtype=np.int64), {"trips": 0}
     qr = _chunked(q.ravel(), -1 if x_type.bipolar else 0)
@@ -747,17 +702,17 @@ def add_ex(a, b, Ma: int, Mb: int, sh: int, a_type: IntType = IntType(8, True),
     The multiplier width (template MBITS) is 16 if both multipliers fit, else 24.
     """
     op = "add"
-    a_type, b_type, out_type = map(_as_type, (a_type, b_type, out_type))
+    a_type, b_type, out_type = (as_type(op, t) for t in (a_type, b_type, out_type))
     for what, t in (("a", a_type), ("b", b_type), ("output", out_type)):
-        _check_bits(op, f"{what} bits", t.bits, 2, 16)
-    a, b = _int_array(op, "a", a), _int_array(op, "b", b)
-    full = _broadcast(op, a.shape, b.shape)
-    _check_codes(op, "a", a, a_type)
-    _check_codes(op, "b", b, b_type)
+        check_bits(op, f"{what} bits", t.bits, 2, 16)
+    a, b = int_codes(op, "a", a), int_codes(op, "b", b)
+    full = check_broadcast(op, a.shape, b.shape)
+    check_codes(op, "a", a, a_type)
+    check_codes(op, "b", b, b_type)
     for what, M in (("Ma", Ma), ("Mb", Mb)):
         if not 0 <= int(M) < 1 << 24:
             raise ValueError(f"{op}: {what}={M} outside 0..2^24-1")
-    _check_bits(op, "shift", int(sh), 1, MAX_SHIFT)
+    check_bits(op, "shift", int(sh), 1, MAX_SHIFT)
     if not isinstance(pe, (int, np.integer)) or pe < 1 or CHUNK % pe:
         raise ValueError(f"{op}: pe={pe!r} must divide {CHUNK}")
     n = math.prod(full)

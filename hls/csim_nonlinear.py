@@ -17,7 +17,7 @@ constants (LayerNorm's S and E, pooling's M and sh) are harness inputs.
 Every int64 that enters an ``ap_int``/``ap_uint`` is first checked with
 ``csim::fit_check`` (and codes against their type's range), so a silent wrap can
 never hide a bug. Arguments are validated here as the contract requires
-(``ValueError`` naming the op), independently of the reference.
+(``ValueError`` naming the op), with the helpers of :mod:`codesign.sim.checks`.
 
 Extra keyword-only arguments select the hardware folding where the reference
 has none: ``xnor_popcount(..., pe=, simd=)``. :func:`binary_mvau` (no reference
@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from codesign.hls import csim
+from codesign.sim.checks import as_type, check_bits, check_codes, int_codes, packed_bytes, scalar_int
 from codesign.sim.reference import IntType, LayerNormParams
 
 __all__ = [
@@ -114,59 +115,6 @@ def _ex(res: dict[str, np.ndarray], y: np.ndarray) -> Ex:
 
 
 # ---------------------------------------------------------------------------
-# Argument validation (contract §0: ValueError naming the op and the value)
-# ---------------------------------------------------------------------------
-
-def _type(op: str, t) -> IntType:
-    try:
-        return t if isinstance(t, IntType) else IntType(*t)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{op}: bad type {t!r} ({exc})") from None
-
-
-def _bits(op: str, what: str, v, lo: int, hi: int) -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-        raise ValueError(f"{op}: {what}={v!r} not supported ({lo}..{hi})")
-    return int(v)
-
-
-def _ints(op: str, what: str, x) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype.kind in "iub":
-        if a.dtype == np.uint64 and a.size and int(a.max()) > np.iinfo(np.int64).max:
-            raise ValueError(f"{op}: {what} value {int(a.max())} does not fit int64")
-        return a.astype(np.int64)
-    if a.size == 0:
-        return a.astype(np.int64)
-    if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)) \
-            and np.all(np.abs(a) < 2.0**63):
-        return a.astype(np.int64)
-    raise ValueError(f"{op}: {what} must be integer codes, got dtype {a.dtype}")
-
-
-def _codes(op: str, what: str, x, t: IntType) -> np.ndarray:
-    q = _ints(op, what, x)
-    if q.size:
-        lo, hi = int(q.min()), int(q.max())
-        if t.bipolar:
-            if not np.all((q == 1) | (q == -1)):
-                raise ValueError(f"{op}: {what} must be bipolar (-1/+1), got values in [{lo}, {hi}]")
-        elif lo < t.lo or hi > t.hi:
-            raise ValueError(f"{op}: {what} values [{lo}, {hi}] outside {t} range [{t.lo}, {t.hi}]")
-    return q
-
-
-def _scalar_int(op: str, what: str, v, lo: int, hi: int) -> int:
-    a = np.asarray(v)
-    if a.size != 1:
-        raise ValueError(f"{op}: {what} must be a scalar, got shape {a.shape}")
-    q = int(_ints(op, what, a).reshape(()))
-    if not lo <= q <= hi:
-        raise ValueError(f"{op}: {what}={q} outside {lo}..{hi}")
-    return q
-
-
-# ---------------------------------------------------------------------------
 # §5 softmax
 # ---------------------------------------------------------------------------
 
@@ -204,19 +152,19 @@ int main() {
 def softmax_ex(x, table, in_type: IntType, eb: int = 8, ob: int = 8) -> Ex:
     """§5 integer softmax over the last axis, by ``codesign::softmax_rows``."""
     op = "softmax"
-    t = _type(op, in_type)
-    _bits(op, "input bits", t.bits, 2, 8)
-    eb = _bits(op, "EB", eb, 1, 16)
-    ob = _bits(op, "OB", ob, 1, 16)
-    table = _ints(op, "table", table)
+    t = as_type(op, in_type)
+    check_bits(op, "input bits", t.bits, 2, 8)
+    eb = check_bits(op, "EB", eb, 1, 16)
+    ob = check_bits(op, "OB", ob, 1, 16)
+    table = int_codes(op, "table", table)
     if table.shape != (1 << t.bits,):
         raise ValueError(f"{op}: table shape {table.shape}, expected ({1 << t.bits},)")
     if table.min() < 0 or table.max() > (1 << eb) - 1 or table[0] < 1:
         raise ValueError(f"{op}: table entries must be in 0..2^EB-1 with T[0] >= 1")
-    x = _ints(op, "x", x)
+    x = int_codes(op, "x", x)
     if x.ndim < 1 or x.shape[-1] < 1:
         raise ValueError(f"{op}: need at least one element per row, got shape {x.shape}")
-    x = _codes(op, "x", x, t)
+    x = check_codes(op, "x", x, t)
     n = x.shape[-1]
     if n * ((1 << eb) - 1) >= 1 << 32:
         raise ValueError(f"{op}: row length {n} x (2^{eb}-1) overflows the 32-bit sum")
@@ -261,7 +209,7 @@ def isqrt_ex(v) -> Ex:
     if a.dtype == np.uint64:
         u = a
     else:
-        q = _ints(op, "v", a)
+        q = int_codes(op, "v", a)
         if q.size and q.min() < 0:
             raise ValueError(f"{op}: negative input {int(q.min())}")
         u = q.astype(np.uint64)
@@ -311,23 +259,23 @@ int main() {
 def layernorm_ex(x, params: LayerNormParams, out_type: IntType = IntType(8, True)) -> Ex:
     """§6 integer LayerNorm over the last axis of int16 codes, by ``codesign::layernorm_rows``."""
     op = "layernorm"
-    y_t = _type(op, out_type)
-    _bits(op, "output bits", y_t.bits, 2, 8)
-    x = _ints(op, "x", x)
+    y_t = as_type(op, out_type)
+    check_bits(op, "output bits", y_t.bits, 2, 8)
+    x = int_codes(op, "x", x)
     if x.ndim < 1:
         raise ValueError(f"{op}: input must have at least one axis")
     H = x.shape[-1]
     if not 1 <= H <= 4096:
         raise ValueError(f"{op}: row length H={H} not supported (1..4096)")
-    x = _codes(op, "x", x, IntType(16, True))
-    G = _ints(op, "G", params.G)
-    B = _ints(op, "B", params.B)
+    x = check_codes(op, "x", x, IntType(16, True))
+    G = int_codes(op, "G", params.G)
+    B = int_codes(op, "B", params.B)
     if G.shape != (H,) or B.shape != (H,):
         raise ValueError(f"{op}: G {G.shape} / B {B.shape} must have shape ({H},)")
     if np.abs(G).max() > 2**15 - 1 or np.abs(B).max() > 2**31 - 1:
         raise ValueError(f"{op}: G must fit int16 and B int32")
-    S = _scalar_int(op, "S", params.S, 1, MAX_SHIFT)
-    E = _scalar_int(op, "E", params.E, 0, (1 << 40) - 1)
+    S = scalar_int(op, "S", params.S, 1, MAX_SHIFT)
+    E = scalar_int(op, "E", params.E, 0, (1 << 40) - 1)
     src = _render(_LAYERNORM, HELPERS=_HELPERS, Y=_ctype(y_t), H=H)
     res = _run(op, src, {"x": x, "G": G, "B": B, "S": S, "E": E}, f"H{H}-{y_t}")
     return _ex(res, res["y"])
@@ -346,17 +294,28 @@ static int bit_of(const std::vector<long long>& bytes, std::size_t row, std::siz
 }
 """
 
-_XNOR_FLAT = r"""@HELPERS@
-#include "codesign/binary.h"
-@BITS@
-static const int K = @K@;
-int main() {
+# main() of the packed-bits harnesses: reads the packed rows a (..., nb) and w (N, nb), and
+# (after the op's body, which fills y with rows * N values) writes y of shape (..., N).
+_PACKED_MAIN_HEAD = r"""int main() {
     csim::In in;
     csim::Out out;
     const std::vector<long long>& a = in.i64("a");
     const std::vector<long long>& w = in.i64("w");
     const std::size_t nb = (K + 7) / 8;
-    const std::size_t rows = a.size() / nb, N = w.size() / nb;
+"""
+_PACKED_MAIN_TAIL = r"""    std::vector<std::size_t> shape = in.shape("a");
+    shape.back() = N;
+    out.put_i64("y", shape, y);
+    out.put_scalar_i64("trips", (long long)codesign::csim_trips());
+    return 0;
+}
+"""
+
+_XNOR_FLAT = r"""@HELPERS@
+#include "codesign/binary.h"
+@BITS@
+static const int K = @K@;
+""" + _PACKED_MAIN_HEAD + r"""    const std::size_t rows = a.size() / nb, N = w.size() / nb;
     std::vector<ap_uint<K> > wv(N);
     for (std::size_t n = 0; n < N; ++n)
         for (int k = 0; k < K; ++k) wv[n][k] = bit_of(w, n, nb, k, 0);
@@ -366,13 +325,7 @@ int main() {
         for (int k = 0; k < K; ++k) av[k] = bit_of(a, r, nb, k, 0);
         for (std::size_t n = 0; n < N; ++n) y[r * N + n] = codesign::xnor_popcount<K>(av, wv[n]).to_int64();
     }
-    std::vector<std::size_t> shape = in.shape("a");
-    shape.back() = N;
-    out.put_i64("y", shape, y);
-    out.put_scalar_i64("trips", (long long)codesign::csim_trips());
-    return 0;
-}
-"""
+""" + _PACKED_MAIN_TAIL
 
 # Folded MVAU (optionally with fused thresholds). Lanes past K in the last synapse fold are
 # filled from the bytes' padding bits, then with 1 in both a and w (so XNOR = 1 there):
@@ -385,13 +338,7 @@ typedef codesign::BinaryMvauCfg<K, N, PE, SIMD> Cfg;
 @THR_DECL@
 typedef ap_uint<SIMD> in_row_t[Cfg::SF];
 typedef out_t out_row_t[N];
-int main() {
-    csim::In in;
-    csim::Out out;
-    const std::vector<long long>& a = in.i64("a");
-    const std::vector<long long>& w = in.i64("w");
-    const std::size_t nb = (K + 7) / 8;
-    if (w.size() != N * nb || a.size() % nb != 0) csim::fail("binary mvau: bad input sizes");
+""" + _PACKED_MAIN_HEAD + r"""    if (w.size() != N * nb || a.size() % nb != 0) csim::fail("binary mvau: bad input sizes");
     const std::size_t rows = a.size() / nb;
     static ap_uint<SIMD> weights[PE][Cfg::NF * Cfg::SF];
     for (int n = 0; n < N; ++n)
@@ -412,13 +359,7 @@ int main() {
     @CALL@
     std::vector<long long> y(rows * N);
     for (std::size_t i = 0; i < y.size(); ++i) y[i] = ob[i].to_int64();
-    std::vector<std::size_t> shape = in.shape("a");
-    shape.back() = N;
-    out.put_i64("y", shape, y);
-    out.put_scalar_i64("trips", (long long)codesign::csim_trips());
-    return 0;
-}
-"""
+""" + _PACKED_MAIN_TAIL
 
 _MVAU_PLAIN = dict(
     THR_DECL="typedef Cfg::acc_t out_t;",
@@ -441,13 +382,6 @@ _MVAU_THR = dict(
 )
 
 
-def _packed(op: str, what: str, x, nb: int) -> np.ndarray:
-    q = _ints(op, what, x)
-    if q.size and (q.min() < 0 or q.max() > 255):
-        raise ValueError(f"{op}: {what} must hold packed bytes 0..255, got [{int(q.min())}, {int(q.max())}]")
-    return q
-
-
 def _xnor_args(op: str, a_bits, w_bits, K) -> tuple[np.ndarray, np.ndarray, int, int]:
     if isinstance(K, (bool, np.bool_)) or not isinstance(K, (int, np.integer)) or K < 1:
         raise ValueError(f"{op}: K={K!r} must be an integer >= 1")
@@ -457,14 +391,14 @@ def _xnor_args(op: str, a_bits, w_bits, K) -> tuple[np.ndarray, np.ndarray, int,
     w = np.asarray(w_bits)
     if a.ndim < 1 or a.shape[-1] != nb or w.ndim != 2 or w.shape[-1] != nb:
         raise ValueError(f"{op}: K={K} needs packed rows of {nb} bytes, got a {a.shape}, w {w.shape}")
-    return _packed(op, "a_bits", a, nb), _packed(op, "w_bits", w, nb), K, nb
+    return packed_bytes(op, "a_bits", a), packed_bytes(op, "w_bits", w), K, nb
 
 
 def _folding(op: str, K: int, N: int, pe, simd) -> tuple[int, int]:
     pe = 1 if pe is None else pe
     simd = min(K, AP_INT_MAX_W) if simd is None else simd
-    pe = _bits(op, "pe", pe, 1, max(N, 1))
-    simd = _bits(op, "simd", simd, 1, min(K, AP_INT_MAX_W))
+    pe = check_bits(op, "pe", pe, 1, max(N, 1))
+    simd = check_bits(op, "simd", simd, 1, min(K, AP_INT_MAX_W))
     if N % pe:
         raise ValueError(f"{op}: pe={pe} must divide the number of rows N={N}")
     return pe, simd
@@ -501,7 +435,7 @@ def _render_partial(template: str, parts: dict) -> str:
 
 
 def _thresholds(op: str, T, C: int | None, bipolar: bool) -> np.ndarray:
-    T = _ints(op, "thresholds", T)
+    T = int_codes(op, "thresholds", T)
     if T.ndim != 2 or T.shape[1] < 1:
         raise ValueError(f"{op}: thresholds must have shape (C, n>=1), got {T.shape}")
     if C is not None and T.shape[0] not in (1, C):
@@ -516,7 +450,7 @@ def _thresholds(op: str, T, C: int | None, bipolar: bool) -> np.ndarray:
 def _out_bias(op: str, out_bias, bipolar: bool) -> int:
     if bipolar:
         return 0  # ignored, as in the reference
-    return _scalar_int(op, "out_bias", out_bias, -(2**31), 2**31 - 1)
+    return scalar_int(op, "out_bias", out_bias, -(2**31), 2**31 - 1)
 
 
 def binary_mvau_ex(a_bits, w_bits, K: int, T=None, out_bias: int = 0, bipolar: bool = False, *,
@@ -595,7 +529,7 @@ def threshold_ex(acc, T, out_bias: int = 0, bipolar: bool = False) -> Ex:
     """§8 MultiThreshold by ``codesign::multithreshold_rows``: y = sum_t [acc >= T[c, t]] + out_bias
     (bipolar: 2y - 1), channels on the last axis of ``acc``; ``T`` (C, n) or (1, n)."""
     op = "threshold"
-    acc = _ints(op, "acc", acc)
+    acc = int_codes(op, "acc", acc)
     bipolar = bool(bipolar)
     if acc.ndim < 1:
         raise ValueError(f"{op}: 0 threshold rows for 0 channels (acc must have a channel axis)")
@@ -688,9 +622,9 @@ _REQUANT_PARAMS = """const ap_uint<24> M = csim::fit_check<24, false>(in.scalar_
 def maxpool2d_ex(x, kernel, stride=None, pad=0, in_type: IntType = IntType(8, True)) -> Ex:
     """§9 max pooling (padding holds lo_X) by ``codesign::maxpool2d``; x is NCHW."""
     op = "maxpool2d"
-    t = _type(op, in_type)
-    _bits(op, "input bits", t.bits, 1, 8)
-    x = _codes(op, "x", _ints(op, "x", x), t)
+    t = as_type(op, in_type)
+    check_bits(op, "input bits", t.bits, 1, 8)
+    x = check_codes(op, "x", int_codes(op, "x", x), t)
     (kh, kw), (sh, sw), (ph, pw) = _pool_geometry(op, x, kernel, stride, pad)
     _, C, H, W = x.shape
     if x.shape[0] == 0:
@@ -714,16 +648,16 @@ def avgpool2d_ex(x, kernel, M, sh, stride=None, pad=0, in_type: IntType = IntTyp
     whole unpadded plane. ``M`` and ``sh`` are per tensor (scalars).
     """
     op = "avgpool2d"
-    t = _type(op, in_type)
-    y_t = _type(op, out_type) if out_type is not None else t
-    _bits(op, "input bits", t.bits, 1, 8)
+    t = as_type(op, in_type)
+    y_t = as_type(op, out_type) if out_type is not None else t
+    check_bits(op, "input bits", t.bits, 1, 8)
     if y_t.bipolar:
         raise ValueError(f"{op}: output type {y_t} not supported (requant outputs have 2..16 bits)")
-    _bits(op, "output bits", y_t.bits, 2, 16)
-    x = _codes(op, "x", _ints(op, "x", x), t)
+    check_bits(op, "output bits", y_t.bits, 2, 16)
+    x = check_codes(op, "x", int_codes(op, "x", x), t)
     (kh, kw), (s_h, s_w), (ph, pw) = _pool_geometry(op, x, kernel, stride, pad)
-    M = _scalar_int(op, "M", M, 0, (1 << 24) - 1)
-    sh = _scalar_int(op, "shift", sh, 0, MAX_SHIFT)
+    M = scalar_int(op, "M", M, 0, (1 << 24) - 1)
+    sh = scalar_int(op, "shift", sh, 0, MAX_SHIFT)
     _, C, H, W = x.shape
     OH, OW = (H + 2 * ph - kh) // s_h + 1, (W + 2 * pw - kw) // s_w + 1
     if x.shape[0] == 0:

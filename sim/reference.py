@@ -16,6 +16,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from codesign.sim.checks import (as_type, check_bits, check_broadcast, check_codes, check_scale, int_codes,
+                                 packed_bytes)
+
 __all__ = [
     "IntType", "int_range", "sat", "rshr",
     "ROUNDING_MODES", "quantize", "dequantize",
@@ -67,13 +70,9 @@ class IntType:
         return f"{'int' if self.signed else 'uint'}{self.bits}{'n' if self.narrow else ''}"
 
 
-def _as_type(t: IntType | tuple) -> IntType:
-    return t if isinstance(t, IntType) else IntType(*t)
-
-
 def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
     """(lo, hi) of a code type, as QONNX's min_int/max_int (§0)."""
-    _check_bits("int_range", "bits", bits, 1, 32)
+    check_bits("int_range", "bits", bits, 1, 32)
     if bits == 1 and signed:
         return -1, 1
     if signed:
@@ -81,38 +80,11 @@ def int_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
     return 0, 2**bits - 1 - int(narrow)
 
 
-def _check_bits(op: str, what: str, bits: int, lo: int, hi: int) -> None:
-    if not isinstance(bits, (int, np.integer)) or not lo <= bits <= hi:
-        raise ValueError(f"{op}: {what}={bits!r} not supported ({lo}..{hi})")
-
-
-def _check_codes(op: str, what: str, q: np.ndarray, t: IntType) -> None:
-    """Raise if integer codes ``q`` fall outside type ``t``."""
-    if q.size == 0:
-        return
-    lo, hi = int(q.min()), int(q.max())
-    if t.bipolar:
-        if not np.all((q == 1) | (q == -1)):
-            raise ValueError(f"{op}: {what} must be bipolar (-1/+1), got values in [{lo}, {hi}]")
-    elif lo < t.lo or hi > t.hi:
-        raise ValueError(f"{op}: {what} values [{lo}, {hi}] outside {t} range [{t.lo}, {t.hi}]")
-
-
-def _ints(op: str, what: str, x) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype.kind not in "iub":
-        if a.dtype.kind == "f" and a.size and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
-            pass
-        elif a.size:
-            raise ValueError(f"{op}: {what} must be integer codes, got dtype {a.dtype}")
-    return a.astype(np.int64)
-
-
 def sat(v, lo: int, hi: int) -> np.ndarray:
     """Clamp to [lo, hi]."""
     if lo > hi:
         raise ValueError(f"sat: lo={lo} > hi={hi}")
-    return np.clip(_ints("sat", "v", v), lo, hi)
+    return np.clip(int_codes("sat", "v", v), lo, hi)
 
 
 def rshr(v, s) -> np.ndarray:
@@ -120,8 +92,8 @@ def rshr(v, s) -> np.ndarray:
 
     ``v`` must satisfy |v| < 2^62 so that the addition cannot overflow int64.
     """
-    v = _ints("rshr", "v", v)
-    s = _ints("rshr", "shift", s)
+    v = int_codes("rshr", "v", v)
+    s = int_codes("rshr", "shift", s)
     if s.size and (s.min() < 0 or s.max() > 62):
         raise ValueError(f"rshr: shift {int(s.min())}..{int(s.max())} outside 0..62")
     half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
@@ -152,14 +124,6 @@ ROUNDING_MODES: Mapping[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def _scale(op: str, s, dtype=np.float32) -> np.ndarray:
-    s = np.asarray(s, dtype=dtype)
-    if s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
-        bad = s[~(np.isfinite(s) & (s > 0))] if s.size else s
-        raise ValueError(f"{op}: scale must be finite and > 0, got {bad.ravel()[:4].tolist()}")
-    return s
-
-
 def quantize(x, scale, bits: int, signed: bool = True, narrow: bool = False,
              rounding: str = "ROUND", zero_point=0) -> np.ndarray:
     """§1: codes = R(clamp(fl32(x / scale))) in binary32; 1-bit signed is bipolar.
@@ -167,18 +131,16 @@ def quantize(x, scale, bits: int, signed: bool = True, narrow: bool = False,
     ``scale`` broadcasts against ``x`` (per tensor or per channel).
     """
     op = "quantize"
-    _check_bits(op, "bits", bits, 1, 16)
+    check_bits(op, "bits", bits, 1, 16)
     if np.any(np.asarray(zero_point) != 0):
         raise ValueError(f"{op}: zero_point must be 0 (symmetric quantization), got {zero_point!r}")
     mode = str(rounding).upper()
     if mode not in ROUNDING_MODES:
         raise ValueError(f"{op}: rounding mode {rounding!r} not supported ({', '.join(ROUNDING_MODES)})")
     x = np.asarray(x, dtype=np.float32)
-    s = _scale(op, scale)
-    try:
-        np.broadcast_shapes(x.shape, s.shape)
-    except ValueError:
-        raise ValueError(f"{op}: scale shape {s.shape} does not broadcast to input shape {x.shape}") from None
+    s = check_scale(op, scale)
+    check_broadcast(op, x.shape, s.shape,
+                    message=f"scale shape {s.shape} does not broadcast to input shape {x.shape}")
     if x.size and not np.all(np.isfinite(x)):
         raise ValueError(f"{op}: input contains NaN or infinity")
     t = np.divide(x, s, dtype=np.float32)
@@ -191,12 +153,10 @@ def quantize(x, scale, bits: int, signed: bool = True, narrow: bool = False,
 
 def dequantize(q, scale) -> np.ndarray:
     """§1: fl32(q * scale)."""
-    q = _ints("dequantize", "q", q)
-    s = _scale("dequantize", scale)
-    try:
-        np.broadcast_shapes(q.shape, s.shape)
-    except ValueError:
-        raise ValueError(f"dequantize: scale shape {s.shape} does not broadcast to input shape {q.shape}") from None
+    q = int_codes("dequantize", "q", q)
+    s = check_scale("dequantize", scale)
+    check_broadcast("dequantize", q.shape, s.shape,
+                    message=f"scale shape {s.shape} does not broadcast to input shape {q.shape}")
     return np.multiply(q.astype(np.float32), s, dtype=np.float32)
 
 
@@ -209,7 +169,7 @@ def acc_range(K: int, a: IntType, w: IntType, bias_lo: int = 0, bias_hi: int = 0
     """Exact reachable range of sum_{k<K} a_k*w_k + b (§2)."""
     if not isinstance(K, (int, np.integer)) or K < 1:
         raise ValueError(f"{_op}: K={K!r} must be an integer >= 1")
-    a, w = _as_type(a), _as_type(w)
+    a, w = as_type(_op, a), as_type(_op, w)
     _check_mm_type(_op, "activation", a, True)
     _check_mm_type(_op, "weight", w, False)  # §2: W is signed or bipolar
     if bias_lo > bias_hi:
@@ -232,7 +192,7 @@ def acc_bits(K: int, a: IntType, w: IntType, bias_lo: int = 0, bias_hi: int = 0)
 
 
 def _check_mm_type(op: str, what: str, t: IntType, allow_unsigned: bool) -> None:
-    _check_bits(op, f"{what} bits", t.bits, 1, 8)
+    check_bits(op, f"{what} bits", t.bits, 1, 8)
     if t.bits == 1 and not t.signed:
         raise ValueError(f"{op}: 1-bit {what} must be bipolar (signed=True), unsigned 1-bit is not supported")
     if not allow_unsigned and not t.signed:
@@ -250,11 +210,11 @@ def matmul(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntType
     is an integer below 2^52, where float64 is exact.
     """
     op = "matmul"
-    a_type, w_type = _as_type(a_type), _as_type(w_type)
+    a_type, w_type = as_type(op, a_type), as_type(op, w_type)
     _check_mm_type(op, "activation", a_type, True)
     _check_mm_type(op, "weight", w_type, False)  # §2: W is signed or bipolar
-    a = _ints(op, "a", a)
-    w = _ints(op, "w", w)
+    a = int_codes(op, "a", a)
+    w = int_codes(op, "w", w)
     if a.ndim < 1 or w.ndim < 2:
         raise ValueError(f"{op}: need a (..., K) and w (K, N), got shapes {a.shape} and {w.shape}")
     K = a.shape[-1]
@@ -263,14 +223,14 @@ def matmul(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntType
     if K < 1:
         raise ValueError(f"{op}: K={K}, need at least one product per output")
     if check:
-        _check_codes(op, "a", a, a_type)
-        _check_codes(op, "w", w, w_type)
+        check_codes(op, "a", a, a_type)
+        check_codes(op, "w", w, w_type)
     wacc = acc_bits(K, a_type, w_type, *((-(2**31), 2**31 - 1) if bias is not None else (0, 0)))
     if wacc > 48:
         raise ValueError(f"{op}: K={K} needs a {wacc}-bit accumulator, more than 48 bits (§2)")
     acc = np.matmul(a.astype(np.float64), w.astype(np.float64)).astype(np.int64)
     if bias is not None:
-        b = _ints(op, "bias", bias)
+        b = int_codes(op, "bias", bias)
         if b.shape not in ((), (w.shape[-1],)):
             raise ValueError(f"{op}: bias shape {b.shape} does not match N={w.shape[-1]}")
         if b.size and (b.min() < -(2**31) or b.max() > 2**31 - 1):
@@ -293,11 +253,8 @@ def dyadic(r, m: int = 16) -> tuple[np.ndarray, np.ndarray]:
     power-of-two scaling, so the result does not depend on the platform.
     """
     op = "dyadic"
-    _check_bits(op, "m", m, 2, 24)
-    r = np.asarray(r, dtype=np.float64)
-    if r.size == 0 or not np.all(np.isfinite(r)) or np.any(r <= 0):
-        bad = r[~(np.isfinite(r) & (r > 0))] if r.size else r
-        raise ValueError(f"{op}: ratio must be finite and > 0, got {bad.ravel()[:4].tolist()}")
+    check_bits(op, "m", m, 2, 24)
+    r = check_scale(op, r, np.float64, what="ratio")
     f, e = np.frexp(r)  # r = f * 2^e, f in [0.5, 1)
     M = np.rint(np.ldexp(f, m)).astype(np.int64)
     sh = (m - e).astype(np.int64)
@@ -323,15 +280,13 @@ def requant(acc, M, sh, out_type: IntType = IntType(8, True), acc_bits_max: int 
     width of the largest M). §3 requires W_acc + m <= 62.
     """
     op = "requant"
-    out_type = _as_type(out_type)
-    _check_bits(op, "output bits", out_type.bits, 2, 16)
-    acc = _ints(op, "acc", acc)
-    M = _ints(op, "M", M)
-    sh = _ints(op, "shift", sh)
-    try:
-        np.broadcast_shapes(acc.shape, M.shape, sh.shape)
-    except ValueError:
-        raise ValueError(f"{op}: M {M.shape} / shift {sh.shape} do not broadcast to acc {acc.shape}") from None
+    out_type = as_type(op, out_type)
+    check_bits(op, "output bits", out_type.bits, 2, 16)
+    acc = int_codes(op, "acc", acc)
+    M = int_codes(op, "M", M)
+    sh = int_codes(op, "shift", sh)
+    check_broadcast(op, acc.shape, M.shape, sh.shape,
+                    message=f"M {M.shape} / shift {sh.shape} do not broadcast to acc {acc.shape}")
     if M.size and (M.min() < 0 or M.max() >= 1 << 24):
         raise ValueError(f"{op}: multiplier outside 0..2^24-1: [{int(M.min())}, {int(M.max())}]")
     if sh.size and (sh.min() < 0 or sh.max() > MAX_SHIFT):
@@ -340,7 +295,7 @@ def requant(acc, M, sh, out_type: IntType = IntType(8, True), acc_bits_max: int 
     if acc.size or acc_bits_max is not None:
         wacc = _bits_for(int(acc.min()), int(acc.max())) if acc.size else 1
         if acc_bits_max is not None:
-            _check_bits(op, "acc_bits_max", acc_bits_max, 1, 62)
+            check_bits(op, "acc_bits_max", acc_bits_max, 1, 62)
             if wacc > acc_bits_max:
                 raise ValueError(f"{op}: accumulator values [{int(acc.min())}, {int(acc.max())}] "
                                  f"do not fit the declared {acc_bits_max} bits")
@@ -384,10 +339,10 @@ LUT_FUNCTIONS: Mapping[str, Callable[[np.ndarray], np.ndarray]] = {
 def lut_index(q, in_type: IntType) -> np.ndarray:
     """§4: table index = bit pattern of the code."""
     op = "lut_index"
-    in_type = _as_type(in_type)
-    _check_bits(op, "input bits", in_type.bits, 1, 8)
-    q = _ints(op, "q", q)
-    _check_codes(op, "q", q, IntType(in_type.bits, in_type.signed))
+    in_type = as_type(op, in_type)
+    check_bits(op, "input bits", in_type.bits, 1, 8)
+    q = int_codes(op, "q", q)
+    check_codes(op, "q", q, IntType(in_type.bits, in_type.signed))
     if in_type.bipolar:
         return (q + 1) // 2
     if in_type.signed:
@@ -415,15 +370,15 @@ def lut_table(f: str | Callable, in_type: IntType, in_scale: float, out_type: In
               out_scale: float) -> np.ndarray:
     """§4: default table: table[idx(q)] = quant64(f(q * s_x)) in float64, half to even."""
     op = "lut_table"
-    in_type, out_type = _as_type(in_type), _as_type(out_type)
-    _check_bits(op, "input bits", in_type.bits, 1, 8)
-    _check_bits(op, "output bits", out_type.bits, 1, 16)
+    in_type, out_type = as_type(op, in_type), as_type(op, out_type)
+    check_bits(op, "input bits", in_type.bits, 1, 8)
+    check_bits(op, "output bits", out_type.bits, 1, 16)
     if isinstance(f, str):
         if f not in LUT_FUNCTIONS:
             raise ValueError(f"{op}: unknown function {f!r} (supported: {', '.join(LUT_FUNCTIONS)})")
         f = LUT_FUNCTIONS[f]
-    s_x = float(_scale(op, in_scale, np.float64))
-    s_y = float(_scale(op, out_scale, np.float64))
+    s_x = float(check_scale(op, in_scale, np.float64))
+    s_y = float(check_scale(op, out_scale, np.float64))
     codes = _all_codes(in_type)
     valid = np.clip(codes, in_type.lo, in_type.hi)  # narrow types: nearest valid code
     x = valid.astype(np.float64) * s_x
@@ -437,14 +392,14 @@ def lut_table(f: str | Callable, in_type: IntType, in_scale: float, out_type: In
 def lut(q, table, in_type: IntType) -> np.ndarray:
     """§4: y = table[idx(q)]."""
     op = "lut"
-    in_type = _as_type(in_type)
-    _check_bits(op, "input bits", in_type.bits, 1, 8)
-    table = _ints(op, "table", table)
+    in_type = as_type(op, in_type)
+    check_bits(op, "input bits", in_type.bits, 1, 8)
+    table = int_codes(op, "table", table)
     n = 2 if in_type.bipolar else 1 << in_type.bits
     if table.shape != (n,):
         raise ValueError(f"{op}: table has shape {table.shape}, {in_type} input needs ({n},)")
-    q = _ints(op, "q", q)
-    _check_codes(op, "q", q, IntType(in_type.bits, in_type.signed))
+    q = int_codes(op, "q", q)
+    check_codes(op, "q", q, IntType(in_type.bits, in_type.signed))
     return table[lut_index(q, in_type)]
 
 
@@ -455,10 +410,10 @@ def lut(q, table, in_type: IntType) -> np.ndarray:
 def softmax_table(in_type: IntType, in_scale: float, eb: int = 8) -> np.ndarray:
     """§5: T[k] = round_half_even((2^EB - 1) * exp(-k * s_x)), k = 0 .. 2^b - 1."""
     op = "softmax_table"
-    in_type = _as_type(in_type)
-    _check_bits(op, "input bits", in_type.bits, 2, 8)
-    _check_bits(op, "EB", eb, 1, 16)
-    s = float(_scale(op, in_scale, np.float64))
+    in_type = as_type(op, in_type)
+    check_bits(op, "input bits", in_type.bits, 2, 8)
+    check_bits(op, "EB", eb, 1, 16)
+    s = float(check_scale(op, in_scale, np.float64))
     k = np.arange(1 << in_type.bits, dtype=np.float64)
     return np.rint(((1 << eb) - 1) * np.exp(-k * s)).astype(np.int64)
 
@@ -466,19 +421,19 @@ def softmax_table(in_type: IntType, in_scale: float, eb: int = 8) -> np.ndarray:
 def softmax(x, table, in_type: IntType, eb: int = 8, ob: int = 8) -> np.ndarray:
     """§5: integer softmax over the last axis; unsigned ``ob``-bit codes at scale 2^-ob."""
     op = "softmax"
-    in_type = _as_type(in_type)
-    _check_bits(op, "input bits", in_type.bits, 2, 8)
-    _check_bits(op, "EB", eb, 1, 16)
-    _check_bits(op, "OB", ob, 1, 16)
-    table = _ints(op, "table", table)
+    in_type = as_type(op, in_type)
+    check_bits(op, "input bits", in_type.bits, 2, 8)
+    check_bits(op, "EB", eb, 1, 16)
+    check_bits(op, "OB", ob, 1, 16)
+    table = int_codes(op, "table", table)
     if table.shape != (1 << in_type.bits,):
         raise ValueError(f"{op}: table shape {table.shape}, expected ({1 << in_type.bits},)")
     if table.size and (table.min() < 0 or table.max() > (1 << eb) - 1 or table[0] < 1):
         raise ValueError(f"{op}: table entries must be in 0..2^EB-1 with T[0] >= 1")
-    x = _ints(op, "x", x)
+    x = int_codes(op, "x", x)
     if x.ndim < 1 or x.shape[-1] < 1:
         raise ValueError(f"{op}: need at least one element per row, got shape {x.shape}")
-    _check_codes(op, "x", x, in_type)
+    check_codes(op, "x", x, in_type)
     n = x.shape[-1]
     if n * ((1 << eb) - 1) >= 1 << 32:
         raise ValueError(f"{op}: row length {n} x (2^{eb}-1) overflows the 32-bit sum")
@@ -506,7 +461,7 @@ def isqrt(v) -> np.ndarray:
     """
     a = np.asarray(v)
     if a.dtype != np.uint64:  # uint64 is non-negative and < 2^64; anything else via int64
-        a = _ints("isqrt", "v", a)
+        a = int_codes("isqrt", "v", a)
         if a.size and a.min() < 0:
             raise ValueError(f"isqrt: negative input {int(a.min())}")
     return np.array([math.isqrt(int(t)) for t in a.ravel()], dtype=np.int64).reshape(a.shape)
@@ -534,8 +489,8 @@ def layernorm_params(gamma, beta, eps: float, in_scale: float, out_scale: float,
         raise ValueError(f"{op}: gamma/beta must be finite")
     if not (eps >= 0 and math.isfinite(eps)):
         raise ValueError(f"{op}: eps={eps!r} must be finite and >= 0")
-    s_x = float(_scale(op, in_scale, np.float64))
-    s_y = float(_scale(op, out_scale, np.float64))
+    s_x = float(check_scale(op, in_scale, np.float64))
+    s_y = float(check_scale(op, out_scale, np.float64))
 
     def make(shift: int):  # floats, so that the range check sees values beyond int64
         return np.rint(np.ldexp(gamma / s_y, shift - LN_Z)), np.rint(np.ldexp(beta / s_y, shift))
@@ -552,7 +507,7 @@ def layernorm_params(gamma, beta, eps: float, in_scale: float, out_scale: float,
         while S < MAX_SHIFT and fits(S + 1):
             S += 1
     else:
-        _check_bits(op, "S", S, 1, MAX_SHIFT)
+        check_bits(op, "S", S, 1, MAX_SHIFT)
         if not fits(S):
             raise ValueError(f"{op}: gamma/beta do not fit 16/32-bit fixed point at S={S}")
     G, B = make(S)
@@ -563,23 +518,23 @@ def layernorm_params(gamma, beta, eps: float, in_scale: float, out_scale: float,
 def layernorm(x, params: LayerNormParams, out_type: IntType = IntType(8, True)) -> np.ndarray:
     """§6: integer LayerNorm over the last axis of int16 codes."""
     op = "layernorm"
-    out_type = _as_type(out_type)
-    _check_bits(op, "output bits", out_type.bits, 2, 8)
-    x = _ints(op, "x", x)
+    out_type = as_type(op, out_type)
+    check_bits(op, "output bits", out_type.bits, 2, 8)
+    x = int_codes(op, "x", x)
     if x.ndim < 1:
         raise ValueError(f"{op}: input must have at least one axis")
     H = x.shape[-1]
     if not 1 <= H <= 4096:
         raise ValueError(f"{op}: row length H={H} not supported (1..4096)")
-    _check_codes(op, "x", x, IntType(16, True))
-    G = _ints(op, "G", params.G)
-    B = _ints(op, "B", params.B)
+    check_codes(op, "x", x, IntType(16, True))
+    G = int_codes(op, "G", params.G)
+    B = int_codes(op, "B", params.B)
     if G.shape != (H,) or B.shape != (H,):
         raise ValueError(f"{op}: G {G.shape} / B {B.shape} must have shape ({H},)")
     if np.abs(G).max() > 2**15 - 1 or np.abs(B).max() > 2**31 - 1:
         raise ValueError(f"{op}: G must fit int16 and B int32")
     S, E = int(params.S), int(params.E)
-    _check_bits(op, "S", S, 1, MAX_SHIFT)
+    check_bits(op, "S", S, 1, MAX_SHIFT)
     if not 0 <= E <= _LN_E_MAX:
         raise ValueError(f"{op}: E={E} outside 0..2^40-1")
     s = x.sum(axis=-1, keepdims=True)
@@ -599,7 +554,7 @@ def layernorm(x, params: LayerNormParams, out_type: IntType = IntType(8, True)) 
 def add_params(s_a: float, s_b: float, s_y: float, m: int = 16) -> tuple[int, int, int]:
     """§7: (M_a, M_b, sh) sharing one shift, from the larger ratio's dyadic form."""
     op = "add_params"
-    r_a = float(_scale(op, s_a, np.float64)) / float(_scale(op, s_y, np.float64))
+    r_a = float(check_scale(op, s_a, np.float64)) / float(check_scale(op, s_y, np.float64))
     r_b = float(s_b) / float(s_y)
     if not (r_b > 0 and math.isfinite(r_b)):
         raise ValueError(f"{op}: scale s_b={s_b!r} must be finite and > 0")
@@ -615,20 +570,17 @@ def add(a, b, Ma: int, Mb: int, sh: int, a_type: IntType = IntType(8, True),
         b_type: IntType = IntType(8, True), out_type: IntType = IntType(8, True)) -> np.ndarray:
     """§7: sat_Y(rshr(a*Ma + b*Mb, sh))."""
     op = "add"
-    a_type, b_type, out_type = map(_as_type, (a_type, b_type, out_type))
+    a_type, b_type, out_type = (as_type(op, t) for t in (a_type, b_type, out_type))
     for what, t in (("a", a_type), ("b", b_type), ("output", out_type)):
-        _check_bits(op, f"{what} bits", t.bits, 2, 16)
-    a, b = _ints(op, "a", a), _ints(op, "b", b)
-    try:
-        np.broadcast_shapes(a.shape, b.shape)
-    except ValueError:
-        raise ValueError(f"{op}: shapes {a.shape} and {b.shape} do not broadcast") from None
-    _check_codes(op, "a", a, a_type)
-    _check_codes(op, "b", b, b_type)
+        check_bits(op, f"{what} bits", t.bits, 2, 16)
+    a, b = int_codes(op, "a", a), int_codes(op, "b", b)
+    check_broadcast(op, a.shape, b.shape, message=f"shapes {a.shape} and {b.shape} do not broadcast")
+    check_codes(op, "a", a, a_type)
+    check_codes(op, "b", b, b_type)
     for what, M in (("Ma", Ma), ("Mb", Mb)):
         if not 0 <= int(M) < 1 << 24:
             raise ValueError(f"{op}: {what}={M} outside 0..2^24-1")
-    _check_bits(op, "shift", int(sh), 1, MAX_SHIFT)
+    check_bits(op, "shift", int(sh), 1, MAX_SHIFT)
     return sat(rshr(a * int(Ma) + b * int(Mb), int(sh)), out_type.lo, out_type.hi)
 
 
@@ -638,8 +590,8 @@ def add(a, b, Ma: int, Mb: int, sh: int, a_type: IntType = IntType(8, True),
 
 def pack_bipolar(v) -> np.ndarray:
     """Pack bipolar values along the last axis into uint8 bit words (bit = (v+1)/2, little bit order)."""
-    v = _ints("pack_bipolar", "v", v)
-    _check_codes("pack_bipolar", "v", v, IntType(1, True))
+    v = int_codes("pack_bipolar", "v", v)
+    check_codes("pack_bipolar", "v", v, IntType(1, True))
     return np.packbits((v > 0).astype(np.uint8), axis=-1, bitorder="little")
 
 
@@ -651,10 +603,8 @@ def xnor_popcount(a_bits, w_bits, K: int) -> np.ndarray:
     independent path from matmul on +-1 values, which the tests compare against.
     """
     op = "xnor_popcount"
-    a_bits, w_bits = _ints(op, "a_bits", a_bits), _ints(op, "w_bits", w_bits)
-    for what, b in (("a_bits", a_bits), ("w_bits", w_bits)):  # no silent uint8 wrap
-        if b.size and (b.min() < 0 or b.max() > 255):
-            raise ValueError(f"{op}: {what} must hold packed bytes 0..255, got [{int(b.min())}, {int(b.max())}]")
+    a_bits = packed_bytes(op, "a_bits", a_bits)  # 0..255: no silent uint8 wrap
+    w_bits = packed_bytes(op, "w_bits", w_bits)
     a_bits, w_bits = a_bits.astype(np.uint8), w_bits.astype(np.uint8)
     nb = (K + 7) // 8
     if K < 1 or a_bits.shape[-1] != nb or w_bits.ndim != 2 or w_bits.shape[-1] != nb:
@@ -673,8 +623,8 @@ def threshold(acc, T, out_bias: int = 0, bipolar: bool = False) -> np.ndarray:
     ``T`` has shape (C, n) or (1, n) (shared), ascending along n.
     """
     op = "threshold"
-    acc = _ints(op, "acc", acc)
-    T = _ints(op, "thresholds", T)
+    acc = int_codes(op, "acc", acc)
+    T = int_codes(op, "thresholds", T)
     if T.ndim != 2 or T.shape[1] < 1:
         raise ValueError(f"{op}: thresholds must have shape (C, n>=1), got {T.shape}")
     if acc.ndim < 1 or T.shape[0] not in (1, acc.shape[-1]):
@@ -745,10 +695,10 @@ def _pair(v) -> tuple[int, int]:
 
 def maxpool2d(x, kernel, stride=None, pad=0, in_type: IntType = IntType(8, True)) -> np.ndarray:
     """§9: max over each window; padding holds lo_X."""
-    in_type = _as_type(in_type)
-    _check_bits("maxpool2d", "input bits", in_type.bits, 1, 8)  # §0/§9: activations of 1..8 bits
-    x = _ints("maxpool2d", "x", x)
-    _check_codes("maxpool2d", "x", x, in_type)
+    in_type = as_type("maxpool2d", in_type)
+    check_bits("maxpool2d", "input bits", in_type.bits, 1, 8)  # §0/§9: activations of 1..8 bits
+    x = int_codes("maxpool2d", "x", x)
+    check_codes("maxpool2d", "x", x, in_type)
     k = _pair(kernel)
     win = _windows(x, k, _pair(stride if stride is not None else kernel), _pair(pad), in_type.lo, "maxpool2d")
     return win.max(axis=(-2, -1))
@@ -757,11 +707,11 @@ def maxpool2d(x, kernel, stride=None, pad=0, in_type: IntType = IntType(8, True)
 def avgpool2d(x, kernel, M, sh, stride=None, pad=0, in_type: IntType = IntType(8, True),
               out_type: IntType | None = None) -> np.ndarray:
     """§9: window sum (padding 0, divisor kh*kw) then requant with M/2^sh ~ s_x/(kh*kw*s_y)."""
-    in_type = _as_type(in_type)
-    out_type = _as_type(out_type) if out_type is not None else in_type
-    _check_bits("avgpool2d", "input bits", in_type.bits, 1, 8)  # §9: |sum| < kh*kw*2^8
-    x = _ints("avgpool2d", "x", x)
-    _check_codes("avgpool2d", "x", x, in_type)
+    in_type = as_type("avgpool2d", in_type)
+    out_type = as_type("avgpool2d", out_type) if out_type is not None else in_type
+    check_bits("avgpool2d", "input bits", in_type.bits, 1, 8)  # §9: |sum| < kh*kw*2^8
+    x = int_codes("avgpool2d", "x", x)
+    check_codes("avgpool2d", "x", x, in_type)
     if np.ndim(M) or np.ndim(sh):
         raise ValueError(f"avgpool2d: one (M, sh) per tensor (§9), got shapes {np.shape(M)} and {np.shape(sh)}")
     k = _pair(kernel)
