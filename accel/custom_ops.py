@@ -37,11 +37,12 @@ from codesign.sim.reference import IntType
 
 __all__ = [
     # op classes (qonnx discovers them through __all__)
-    "Requant", "IntSoftmax", "IntLayerNorm", "IntLUT", "IntAdd",
+    "Requant", "IntSoftmax", "IntLayerNorm", "IntLUT", "IntAdd", "IntMatMul",
     # constants and helpers
     "DOMAIN", "OPSET_VERSION", "OPS", "CodesignNode", "opset_import", "add_opset_import",
     "recover_codes", "requant_params",
     "make_requant_node", "make_softmax_node", "make_layernorm_node", "make_lut_node", "make_add_node",
+    "make_intmatmul_node",
 ]
 
 DOMAIN = "codesign.accel.custom_ops"
@@ -491,8 +492,142 @@ class IntAdd(_IntOp):
         self._emit(context, y, s)
 
 
+# ---------------------------------------------------------------------------------------
+# §2 integer matmul
+# ---------------------------------------------------------------------------------------
+
+class IntMatMul(_IntOp):
+    """§2: ``acc = a @ w (+ bias)``, exact; inputs ``a, w[, bias]``.
+
+    Output: the accumulator itself as a **float64** tensor of integer values (scale 1):
+    exact for every accumulator the contract allows (at most 48 bits, ``|acc| < 2^47 <
+    2^53``), and read back exactly by ``Requant`` (float64, no ``acc_scale``). Its real scale
+    is ``a_scale · w_scale`` (per tensor or per output channel), for the consumer to fold
+    into its requantization multiplier.
+
+    *Why not a float32 ``MatMul`` on dequantized values?* Its products and partial sums are
+    rounded to 24-bit mantissas: with arbitrary scales every product ``a·s_a·w·s_w`` is
+    rounded, and even at power-of-two scales an accumulator beyond ``2^24`` units (uint8 ×
+    int8 with ``K = 4096`` needs 28 bits) is not representable, so the result depends on the
+    summation order and is not the contract's integer; and a float32 tensor carries codes
+    unambiguously only below ``2^23`` (BERT-base FFN2 needs 24 bits, §2). This op computes
+    the integer sum with :func:`codesign.sim.reference.matmul` instead.
+
+    * ``a`` (``(..., M, K)`` or ``(..., K)``): float values ``fl(code · a_scale)`` (codes
+      recovered exactly by :func:`recover_codes`), or an integer tensor holding the codes.
+    * ``w``: ``(K, N)`` or batched ``(..., K, N)``; an integer tensor of codes (constant
+      weights, stored as an initializer), or float values ``fl(code · w_scale)`` (a runtime
+      operand, e.g. ``Kᵀ`` in ``Q·Kᵀ``), recovered with ``w_scale``.
+    * ``bias`` (optional): ``(N,)`` int32 codes at ``a_scale · w_scale`` (integer dtype, or
+      floats holding integers).
+
+    Attributes: ``a_bits``, ``a_signed``, ``a_narrow`` and ``a_scale`` (activation type,
+    1–8 bits, signed, unsigned or bipolar); ``w_bits``, ``w_signed``, ``w_narrow`` (weight
+    type, 1–8 bits, signed or bipolar) and ``w_scale`` (``floats``: one per-tensor scale,
+    or ``N`` per-output-channel scales). For integer inputs the scales are the codes' real
+    scales (informational); for float inputs they recover the codes.
+    """
+
+    n_inputs = (2, 3)
+    input_roles = ("a", "w", "bias")
+
+    def get_nodeattr_types(self):
+        return {
+            "a_bits": ("i", True, 8),
+            "a_signed": ("i", True, 1, _BOOL),
+            "a_narrow": ("i", False, 0, _BOOL),
+            "a_scale": ("f", True, 1.0),
+            "w_bits": ("i", True, 4),
+            "w_signed": ("i", True, 1, _BOOL),
+            "w_narrow": ("i", False, 0, _BOOL),
+            "w_scale": ("floats", True, [1.0]),
+        }
+
+    def _w_scale(self) -> np.ndarray:
+        s = np.asarray(self._attr("w_scale"), dtype=np.float32)
+        if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
+            raise self._fail(f"attribute 'w_scale' = {s.ravel()[:4].tolist()} must be one or N "
+                             f"finite float32 values > 0")
+        return s
+
+    def _check_attrs(self) -> None:
+        ta, tw = self._type("a"), self._type("w")
+        if not 1 <= ta.bits <= 8:
+            raise self._fail(f"a_bits={ta.bits} not supported (1..8, §2)")
+        if not 1 <= tw.bits <= 8:
+            raise self._fail(f"w_bits={tw.bits} not supported (1..8, §2)")
+        if not tw.signed:
+            raise self._fail("the weight type must be signed or bipolar (§2)")
+        self._scale("a_scale")
+        self._w_scale()
+
+    def _codes_of(self, x, scale, what: str) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind in "iu":
+            return self._recover(x, np.int64(1), what)  # the codes themselves
+        return self._recover(x, scale, what)
+
+    def make_shape_compatible_op(self, model) -> NodeProto:
+        # The output is float64 with MatMul's shape; no standard op takes a float activation
+        # and integer weight codes, so a RandomNormal of the computed shape stands in.
+        n = self.onnx_node
+        a_shape = model.get_tensor_shape(n.input[0])
+        w_shape = model.get_tensor_shape(n.input[1])
+        ok = all(s is not None and len(s) >= 1 and all(isinstance(d, int) and d > 0 for d in s)
+                 for s in (a_shape, w_shape))
+        if not ok or len(w_shape) < 2:
+            raise self._fail(f"shape inference needs static shapes of a ({a_shape}) and w ({w_shape}); "
+                             f"set their value_info")
+        if len(w_shape) == 2:
+            out = list(a_shape[:-1]) + [w_shape[-1]]
+        else:
+            lead = np.broadcast_shapes(tuple(a_shape[:-2]), tuple(w_shape[:-2]))
+            out = list(lead) + [a_shape[-2], w_shape[-1]]
+        return helper.make_node("RandomNormal", [], [n.output[0]], mean=0.0, scale=1.0,
+                                dtype=int(TensorProto.DOUBLE), shape=[int(d) for d in out])
+
+    def acc_bits(self, model) -> int | None:
+        """§2 accumulator width from K, the types and the bias constant (None if unknown)."""
+        n = self.onnx_node
+        w_shape = model.get_tensor_shape(n.input[1])
+        if not w_shape or len(w_shape) < 2 or not isinstance(w_shape[-2], int) or w_shape[-2] < 1:
+            return None
+        lo = hi = 0
+        if len(n.input) > 2 and n.input[2]:
+            b = model.get_initializer(n.input[2])
+            if b is None:
+                lo, hi = -(2**31), 2**31 - 1
+            elif b.size:
+                lo, hi = min(int(b.min()), 0), max(int(b.max()), 0)
+        try:
+            return ref.acc_bits(int(w_shape[-2]), self._type("a"), self._type("w"), lo, hi)
+        except ValueError:
+            return None
+
+    def infer_node_datatype(self, model) -> None:
+        wacc = self.acc_bits(model)
+        dt = DataType[f"INT{wacc}"] if wacc is not None and 2 <= wacc <= 48 else DataType["FLOAT32"]
+        model.set_tensor_datatype(self.onnx_node.output[0], dt)
+
+    def execute_node(self, context, graph) -> None:
+        self._check_attrs()
+        a, w, bias = (self._inputs(context) + [None])[:3]
+        ta, tw = self._type("a"), self._type("w")
+        qa = self._codes_of(a, self._scale("a_scale"), "a")
+        w = np.asarray(w)
+        if w.ndim < 2:
+            raise self._fail(f"w must be (K, N) or batched (..., K, N), got shape {w.shape}")
+        ws = self._w_scale()
+        if ws.size not in (1, w.shape[-1]):
+            raise self._fail(f"w_scale has {ws.size} values, need 1 or N={w.shape[-1]}")
+        qw = self._codes_of(w, ws if ws.size > 1 else ws.reshape(()), "w")
+        qb = None if bias is None else self._recover(np.asarray(bias), 1.0, "bias")  # codes at scale 1
+        acc = self._ref(ref.matmul, qa, qw, qb, a_type=ta, w_type=tw)
+        context[self.onnx_node.output[0]] = acc.astype(np.float64)  # exact: |acc| < 2^47
+
+
 OPS: Mapping[str, type[CustomOp]] = {
-    cls.__name__: cls for cls in (Requant, IntSoftmax, IntLayerNorm, IntLUT, IntAdd)
+    cls.__name__: cls for cls in (Requant, IntSoftmax, IntLayerNorm, IntLUT, IntAdd, IntMatMul)
 }
 
 for _cls in OPS.values():
@@ -663,3 +798,32 @@ def make_add_node(a: str, b: str, out: str, a_type, a_scale: float, b_type, b_sc
                             **_type_attrs("a", ta), a_scale=sa, **_type_attrs("b", tb), b_scale=sb,
                             **_type_attrs("out", ty), out_scale=sy)
     return CodesignNode(node, {})
+
+
+def make_intmatmul_node(a: str, w, out: str, a_type, a_scale: float, w_type, w_scale=1.0, bias=None,
+                        name: str | None = None) -> CodesignNode:
+    """``IntMatMul``: ``w`` and ``bias`` are integer code arrays (stored as initializers
+    ``<name>_W`` (int8) and ``<name>_bias`` (int32)) or names of existing tensors (``w`` then
+    e.g. a runtime float tensor at ``w_scale``). ``w_scale``: a scalar or ``N`` per-channel
+    scales (rounded to float32)."""
+    name = name or f"IntMatMul_{out}"
+    ta, tw = _t(a_type), _t(w_type)
+    sa = _f32("a_scale", a_scale)
+    ws = [_f32("w_scale", v) for v in np.asarray(w_scale, dtype=np.float64).ravel()]
+    if not ws:
+        raise ValueError("make_intmatmul_node: w_scale is empty")
+    inits: dict[str, np.ndarray] = {}
+    for role, v, dt, lo, hi in (("W", w, np.int8, -128, 127), ("bias", bias, np.int32, -(2**31), 2**31 - 1)):
+        if v is None or isinstance(v, str):
+            continue
+        q = np.asarray(v)
+        if q.dtype.kind not in "iu" and not (q.dtype.kind == "f" and np.all(q == np.rint(q))):
+            raise ValueError(f"make_intmatmul_node: {role} must hold integer codes, got {q.dtype}")
+        if q.size and (q.min() < lo or q.max() > hi):
+            raise ValueError(f"make_intmatmul_node: {role} codes outside {np.dtype(dt).name}")
+    inputs = [a, _tensor_input(name, "W", w, inits, np.int8)]
+    if bias is not None:
+        inputs.append(_tensor_input(name, "bias", bias, inits, np.int32))
+    node = helper.make_node("IntMatMul", inputs, [out], name=name, domain=DOMAIN,
+                            **_type_attrs("a", ta), a_scale=sa, **_type_attrs("w", tw), w_scale=ws)
+    return CodesignNode(node, inits)

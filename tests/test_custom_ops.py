@@ -118,7 +118,7 @@ def codes(rng, t: IntType, shape, corners=True):
 
 def test_domain_is_the_module_path():
     assert co.DOMAIN == co.__name__ == "codesign.accel.custom_ops"
-    assert set(co.OPS) == {"Requant", "IntSoftmax", "IntLayerNorm", "IntLUT", "IntAdd"}
+    assert set(co.OPS) == {"Requant", "IntSoftmax", "IntLayerNorm", "IntLUT", "IntAdd", "IntMatMul"}
     for op, cls in co.OPS.items():
         assert registry.is_custom_op(co.DOMAIN, op)
         assert registry.get_supported_versions(co.DOMAIN, op) == [1]
