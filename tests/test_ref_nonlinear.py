@@ -124,12 +124,18 @@ def test_lut_table_vs_torch(name, x_t, y_t, data):
         if g != e:
             q, v = by_index[i]
             u = v / s_y
+            if y_t.bipolar:
+                # a bipolar output is the sign: float noise matters only next to 0 (§4),
+                # e.g. gelu_tanh(-7.19) is -4e-16 in numpy and -0.0 in torch
+                assert abs(v) < 1e-9 and abs(g - e) == 2, (name, q, g, e, v)
+                event("float64 noise at the sign boundary")
+                continue
             frac = abs(u - math.floor(u) - 0.5)
             assert 0 < frac < 1e-9 and abs(g - e) == 1, (name, q, g, e, u)
             event("float64 near-tie")
     # lut() looks entries up by the bit pattern of every code
     q = np.array(codes)
-    assert ref.lut(q, table, x_t).tolist() == [exp[index_of(c, x_t)] for c in codes]
+    assert ref.lut(q, table, x_t).tolist() == [got[index_of(c, x_t)] for c in codes]
 
 
 def test_lut_index_mapping():
