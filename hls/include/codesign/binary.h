@@ -160,19 +160,16 @@ ap_uint<SIMD> binary_fold_mask(int sf) {
     return m;
 }
 
-// §8: out[n] = 2 * popcount(XNOR(in, W[n]) & mask_K) - K for the N rows of W, one input
-// vector. Each cycle, every PE XNORs one SIMD-bit input word with its weight word and adds
-// the popcount to its running agreement count.
+// The folded XNOR-popcount loop shared by both binary MVAUs (FINN's MVAU with an
+// activation class): every cycle, each PE XNORs one SIMD-bit input word with its weight
+// word and adds the popcount to its running agreement count; after the last synapse fold
+// of output channel n = nf*PE + pe it hands dot = 2*agree - K to the output stage,
+// `stage.write(n, pe, nf, dot)`.
 // Cycles: NF * SF = (N / PE) * ceil(K / SIMD) per input vector (II = 1, + pipeline depth).
-// Resources: PE * SIMD XNOR gates and PE popcount trees of SIMD inputs; PE weight
-// memories of NF*SF words of SIMD bits.
-template <int K, int N, int PE, int SIMD>
-void binary_mvau(const ap_uint<SIMD> in[BinaryMvauCfg<K, N, PE, SIMD>::SF],
-                 const ap_uint<SIMD> weights[PE][BinaryMvauCfg<K, N, PE, SIMD>::WDEPTH],
-                 typename BinaryMvauCfg<K, N, PE, SIMD>::acc_t out[N]) {
-#pragma HLS INLINE off
-#pragma HLS ARRAY_PARTITION variable = weights complete dim = 1
-#pragma HLS ARRAY_PARTITION variable = out cyclic factor = PE
+template <int K, int N, int PE, int SIMD, class Stage>
+void binary_mvau_folds(const ap_uint<SIMD> in[BinaryMvauCfg<K, N, PE, SIMD>::SF],
+                       const ap_uint<SIMD> weights[PE][BinaryMvauCfg<K, N, PE, SIMD>::WDEPTH], Stage& stage) {
+#pragma HLS INLINE
     typedef BinaryMvauCfg<K, N, PE, SIMD> Cfg;
     typename Cfg::count_t agree[PE];
 #pragma HLS ARRAY_PARTITION variable = agree complete
@@ -195,13 +192,47 @@ BMVAU_FOLDS:
             const typename Cfg::count_t c = prev + popcount<SIMD>(agree_bits);
             agree[pe] = c;
             if (sf == Cfg::SF - 1)
-                out[nf * PE + pe] = typename Cfg::acc_t(ap_int<Cfg::ACC_W + 2>(c) * 2 - K);
+                stage.write(nf * PE + pe, pe, nf, typename Cfg::acc_t(ap_int<Cfg::ACC_W + 2>(c) * 2 - K));
         }
         if (++sf == Cfg::SF) {
             sf = 0;
             ++nf;
         }
     }
+}
+
+namespace detail {
+template <class ACC>
+struct DotStage {  // binary_mvau: the dot products themselves
+    ACC* out;
+    void write(int n, int, int, const ACC& dot) { out[n] = dot; }
+};
+
+template <class CFG, int NT, int OUT_BIAS, bool BIPOLAR>
+struct ThresholdStage {  // binary_mvau_threshold: MultiThreshold of each dot product
+    typedef typename ThresholdCfg<NT, OUT_BIAS, BIPOLAR>::out_t out_t;
+    const typename CFG::thr_t (*thresholds)[CFG::NF][NT];
+    out_t* out;
+    void write(int n, int pe, int nf, const typename CFG::acc_t& dot) {
+        out[n] = threshold_code<NT, OUT_BIAS, BIPOLAR>(
+            threshold_count<NT, CFG::ACC_W, CFG::ACC_W + 1>(dot, thresholds[pe][nf]));
+    }
+};
+}  // namespace detail
+
+// §8: out[n] = 2 * popcount(XNOR(in, W[n]) & mask_K) - K for the N rows of W, one input
+// vector. Cycles: NF * SF = (N / PE) * ceil(K / SIMD) per input vector (II = 1, + pipeline
+// depth). Resources: PE * SIMD XNOR gates and PE popcount trees of SIMD inputs; PE weight
+// memories of NF*SF words of SIMD bits.
+template <int K, int N, int PE, int SIMD>
+void binary_mvau(const ap_uint<SIMD> in[BinaryMvauCfg<K, N, PE, SIMD>::SF],
+                 const ap_uint<SIMD> weights[PE][BinaryMvauCfg<K, N, PE, SIMD>::WDEPTH],
+                 typename BinaryMvauCfg<K, N, PE, SIMD>::acc_t out[N]) {
+#pragma HLS INLINE off
+#pragma HLS ARRAY_PARTITION variable = weights complete dim = 1
+#pragma HLS ARRAY_PARTITION variable = out cyclic factor = PE
+    detail::DotStage<typename BinaryMvauCfg<K, N, PE, SIMD>::acc_t> stage = {out};
+    binary_mvau_folds<K, N, PE, SIMD>(in, weights, stage);
 }
 
 // §8 over `reps` input vectors. Cycles: reps * NF * SF.
@@ -232,38 +263,8 @@ void binary_mvau_threshold(
 #pragma HLS ARRAY_PARTITION variable = thresholds complete dim = 1
 #pragma HLS ARRAY_PARTITION variable = thresholds complete dim = 3
 #pragma HLS ARRAY_PARTITION variable = out cyclic factor = PE
-    typedef BinaryMvauCfg<K, N, PE, SIMD> Cfg;
-    typename Cfg::count_t agree[PE];
-#pragma HLS ARRAY_PARTITION variable = agree complete
-    for (int pe = 0; pe < PE; ++pe) {
-#pragma HLS UNROLL
-        agree[pe] = 0;
-    }
-    int nf = 0, sf = 0;
-BMVAU_T_FOLDS:
-    for (int i = 0; i < Cfg::NF * Cfg::SF; ++i) {
-#pragma HLS PIPELINE II = 1
-        CODESIGN_TRIP();
-        const ap_uint<SIMD> a = in[sf];
-        const ap_uint<SIMD> mask = binary_fold_mask<K, SIMD>(sf);
-    BMVAU_T_PE:
-        for (int pe = 0; pe < PE; ++pe) {
-#pragma HLS UNROLL
-            const ap_uint<SIMD> agree_bits = ~(a ^ weights[pe][nf * Cfg::SF + sf]) & mask;
-            const typename Cfg::count_t prev = sf == 0 ? typename Cfg::count_t(0) : agree[pe];
-            const typename Cfg::count_t c = prev + popcount<SIMD>(agree_bits);
-            agree[pe] = c;
-            if (sf == Cfg::SF - 1) {
-                const typename Cfg::acc_t dot = ap_int<Cfg::ACC_W + 2>(c) * 2 - K;
-                out[nf * PE + pe] = threshold_code<NT, OUT_BIAS, BIPOLAR>(
-                    threshold_count<NT, Cfg::ACC_W, Cfg::ACC_W + 1>(dot, thresholds[pe][nf]));
-            }
-        }
-        if (++sf == Cfg::SF) {
-            sf = 0;
-            ++nf;
-        }
-    }
+    detail::ThresholdStage<BinaryMvauCfg<K, N, PE, SIMD>, NT, OUT_BIAS, BIPOLAR> stage = {thresholds, out};
+    binary_mvau_folds<K, N, PE, SIMD>(in, weights, stage);
 }
 
 // Fused MVAU + thresholds over `reps` input vectors. Cycles: reps * NF * SF.
