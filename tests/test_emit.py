@@ -1,0 +1,370 @@
+"""HLS emitter (hls/emit.py): IR -> Vitis HLS project, checked by g++ C-simulation.
+
+Each test lowers a small QONNX graph (a Brevitas MLP, a binary Brevitas MLP, a graph of the codesign custom ops,
+a graph of structural ops + MultiThreshold, an attention block with Q.K^T / P.V matmuls of
+two code tensors), emits the project with golden vectors from ``run_reference`` and runs
+its testbench: every output code must be ``==`` the reference. The graph builders are
+copies of those in ``tests/test_lower.py`` (not imported: test modules stay independent).
+"""
+from __future__ import annotations
+
+import filecmp
+import struct
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.infer_shapes import InferShapes
+from qonnx.util.basic import qonnx_make_model
+
+import codesign.accel.custom_ops as co
+from codesign.accel import ir as irm
+from codesign.accel.boards import BOARDS, get_board
+from codesign.accel.lower import lower
+from codesign.hls import csim
+from codesign.hls.emit import GOLDEN_MAGIC, SUPPORTED_OPS, emit_project, run_project_csim
+from codesign.sim.reference import IntType
+from codesign.sim.run_ir import run_reference
+
+pytestmark = pytest.mark.skipif(csim.available() is not None, reason=str(csim.available()))
+
+QONNX = "qonnx.custom_op.general"
+CASES = 8
+
+
+# ---------------------------------------------------------------------------------------
+# graph builders (copied from tests/test_lower.py)
+# ---------------------------------------------------------------------------------------
+
+def vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def quant(x, y, scale, bits, signed, narrow=False, name=None, rounding="ROUND"):
+    name = name or f"Quant_{y}"
+    inits = {f"{name}_s": np.asarray(scale, dtype=np.float32), f"{name}_z": np.float32(0),
+             f"{name}_b": np.float32(bits)}
+    node = helper.make_node("Quant", [x, f"{name}_s", f"{name}_z", f"{name}_b"], [y], name=name, domain=QONNX,
+                            signed=int(signed), narrow=int(narrow), rounding_mode=rounding)
+    return node, inits
+
+
+def graph_model(nodes, inputs, outputs, inits, name="g", value_info=()) -> ModelWrapper:
+    protos, all_inits = [], dict(inits)
+    for n in nodes:
+        if isinstance(n, co.CodesignNode):
+            protos.append(n.node)
+            all_inits.update(n.initializers)
+        elif isinstance(n, tuple):
+            protos.append(n[0])
+            all_inits.update(n[1])
+        else:
+            protos.append(n)
+    g = helper.make_graph(protos, name, [vi(n, s) for n, s in inputs], [vi(n, None) for n in outputs],
+                          initializer=[onnx.numpy_helper.from_array(np.asarray(v), name=k)
+                                       for k, v in all_inits.items()],
+                          value_info=[vi(n, sh) for n, sh in value_info])
+    model = qonnx_make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX, 1),
+                                               co.opset_import()])
+    return ModelWrapper(model).transform(InferShapes())
+
+
+def _mlp_pow2(path) -> ModelWrapper:
+    """Brevitas MLP: QuantIdentity, QuantLinear (Int32 bias) + QuantReLU, power-of-two scales."""
+    import torch
+    import brevitas.nn as qnn
+    from brevitas.export import export_qonnx
+    from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Int32Bias,
+                                Uint8ActPerTensorFixedPoint)
+    torch.manual_seed(0)
+
+    class MLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            kw = dict(bias=True, bias_quant=Int32Bias, return_quant_tensor=True,
+                      weight_quant=Int8WeightPerTensorFixedPoint)
+            self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=True)
+            self.fc1 = qnn.QuantLinear(16, 32, **kw)
+            self.relu1 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, return_quant_tensor=True)
+            self.fc2 = qnn.QuantLinear(32, 24, **kw)
+            self.relu2 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, return_quant_tensor=True)
+            self.fc3 = qnn.QuantLinear(24, 10, **kw)
+            self.out = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint)
+
+        def forward(self, x):
+            x = self.relu1(self.fc1(self.inp(x)))
+            return self.out(self.fc3(self.relu2(self.fc2(x))))
+
+    m = MLP()
+    m.train()
+    with torch.no_grad():
+        for _ in range(8):
+            m(torch.randn(64, 16) * 2)
+    m.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qonnx(m, torch.zeros(1, 16), export_path=str(path))
+    return ModelWrapper(str(path))
+
+
+def _bnn(path) -> ModelWrapper:
+    """Binary MLP: bipolar activations and weights, BatchNorm folded into thresholds."""
+    import torch
+    import brevitas.nn as qnn
+    from brevitas.export import export_qonnx
+    from brevitas.quant import SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
+    torch.manual_seed(2)
+
+    class BNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            kw = dict(bias=False, weight_quant=SignedBinaryWeightPerTensorConst)
+            self.inp = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
+            self.fc1 = qnn.QuantLinear(24, 32, **kw)
+            self.bn1 = torch.nn.BatchNorm1d(32)
+            self.a1 = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
+            self.fc2 = qnn.QuantLinear(32, 16, **kw)
+            self.bn2 = torch.nn.BatchNorm1d(16)
+            self.a2 = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst)
+
+        def forward(self, x):
+            return self.a2(self.bn2(self.fc2(self.a1(self.bn1(self.fc1(self.inp(x)))))))
+
+    m = BNN()
+    with torch.no_grad():
+        for bn in (m.bn1, m.bn2):
+            bn.running_mean.uniform_(-4, 4)
+            bn.running_var.uniform_(0.5, 6)
+            bn.weight.uniform_(-1, 1)
+            bn.bias.uniform_(-1, 1)
+    m.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qonnx(m, torch.zeros(1, 24), export_path=str(path))
+    return ModelWrapper(str(path))
+
+
+def _custom_op_graph():
+    """Quant -> MatMul -> Requant -> IntLUT (gelu) -> IntAdd -> IntLayerNorm -> IntSoftmax."""
+    rng = np.random.default_rng(4)
+    K, N = 16, 16
+    s_x, s_w = 2.0**-4, 2.0**-6
+    w = rng.integers(-127, 128, size=(K, N)).astype(np.float32) * np.float32(s_w)
+    nodes = [quant("x", "xq", s_x, 8, True), quant("w", "wq", s_w, 8, True, narrow=True),
+             helper.make_node("MatMul", ["xq", "wq"], ["acc"], name="mm")]
+    s_acc = s_x * s_w
+    M, sh = co.requant_params(s_acc, 2.0**-4)
+    nodes.append(co.make_requant_node("acc", "h", M, sh, IntType(8, True), 2.0**-4, acc_scale=s_acc, name="rq"))
+    nodes.append(co.make_lut_node("h", "g", IntType(8, True), 2.0**-4, IntType(8, True), 2.0**-4,
+                                  function="gelu", name="gelu"))
+    nodes.append(co.make_add_node("g", "xq", "r", IntType(8, True), 2.0**-4, IntType(8, True), s_x,
+                                  IntType(16, True), 2.0**-6, name="res"))
+    nodes.append(co.make_layernorm_node("r", "ln", 2.0**-6, IntType(8, True), 2.0**-5,
+                                        gamma=rng.uniform(0.5, 1.5, N), beta=rng.uniform(-0.5, 0.5, N), name="ln"))
+    nodes.append(co.make_softmax_node("ln", "y", IntType(8, True), 2.0**-5, name="sm"))
+    return graph_model(nodes, [("x", [1, 3, K])], ["y"], {"w": w})
+
+
+def _structural_graph():
+    """Reshape, Transpose, Flatten, MatMul, Quant (thresholds), Add, Identity, Concat, Gather,
+    MultiThreshold; two outputs."""
+    rng = np.random.default_rng(5)
+    s = 2.0**-3
+    w = rng.integers(-7, 8, size=(16, 16)).astype(np.float32) * np.float32(2.0**-3)
+    T = np.sort(rng.uniform(-3, 3, size=(1, 3)).astype(np.float32), axis=1)
+    nodes = [quant("x", "xq", s, 6, True),
+             helper.make_node("Reshape", ["xq", "shp"], ["x3"], name="reshape"),
+             helper.make_node("Transpose", ["x3"], ["xt"], name="transpose", perm=[0, 2, 1]),
+             helper.make_node("Flatten", ["xt"], ["xf"], name="flatten", axis=1),
+             quant("w", "wq", 2.0**-3, 4, True, narrow=True),
+             helper.make_node("MatMul", ["xf", "wq"], ["acc"], name="mm"),
+             quant("acc", "h", s, 6, True),
+             helper.make_node("Add", ["h", "xq"], ["res"], name="add"),
+             helper.make_node("Identity", ["res"], ["resi"], name="identity"),
+             helper.make_node("Concat", ["resi", "xq"], ["cat"], name="concat", axis=1),
+             helper.make_node("Gather", ["cat", "idx"], ["gat"], name="gather", axis=1),
+             helper.make_node("MultiThreshold", ["gat", "T"], ["y"], name="mt", domain=QONNX,
+                              out_dtype="UINT2", out_scale=1.0, out_bias=0.0)]
+    inits = {"w": w, "shp": np.asarray([1, 4, 4], dtype=np.int64), "T": T,
+             "idx": np.asarray([0, 3, 17, 31, 5], dtype=np.int64)}
+    return graph_model(nodes, [("x", [1, 16])], ["y", "res"], inits)
+
+
+def _attention_graph():
+    """Two heads: scores = Q . K^T (two code tensors), Requant, IntSoftmax, P . V (uint8 x int8),
+    Requant with per-channel M/sh; Transposes between."""
+    H, S, D = 2, 6, 8
+    s_q = 2.0**-4
+    nodes = [quant("x", "q", s_q, 8, True),
+             helper.make_node("Transpose", ["q"], ["kt"], name="kT", perm=[0, 1, 3, 2]),
+             co.make_intmatmul_node("q", "kt", "sc", IntType(8, True), s_q, IntType(8, True), s_q, name="qk")]
+    M, sh = co.requant_params(s_q * s_q, 2.0**-3)
+    nodes.append(co.make_requant_node("sc", "scq", M, sh, IntType(8, True), 2.0**-3, name="rq_s"))
+    nodes.append(co.make_softmax_node("scq", "p", IntType(8, True), 2.0**-3, name="sm"))
+    nodes.append(co.make_intmatmul_node("p", "q", "ctx", IntType(8, False), 2.0**-8, IntType(8, True), s_q,
+                                        name="pv"))
+    out_scales = np.array([2.0**-4, 2.0**-5] * (D // 2))
+    M2, sh2 = co.requant_params(2.0**-8 * s_q / out_scales, 1.0)
+    nodes.append(co.make_requant_node("ctx", "y", M2, sh2, IntType(8, True), 1.0, name="rq_o"))
+    return graph_model(nodes, [("x", [1, H, S, D])], ["y"], {},
+                       value_info=[("q", [1, H, S, D]), ("kt", [1, H, D, S]), ("sc", [1, H, S, S]),
+                                   ("scq", [1, H, S, S]), ("p", [1, H, S, S]), ("ctx", [1, H, S, D])])
+
+
+def _x(shape, seed: int, spread: float = 1.5) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal((CASES, *shape)) * spread).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mlp_ir(tmp_path_factory):
+    return lower(_mlp_pow2(tmp_path_factory.mktemp("mlp") / "mlp.onnx"))
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+
+def read_golden(path) -> list[np.ndarray]:
+    """The golden file format of README.md: arrays as (cases, count)."""
+    b = path.read_bytes()
+    assert b[:4] == GOLDEN_MAGIC
+    version, cases, n = struct.unpack_from("<III", b, 4)
+    assert version == 1
+    counts = struct.unpack_from(f"<{n}I", b, 16)
+    data = np.frombuffer(b, dtype="<i8", offset=16 + 4 * n).reshape(cases, sum(counts))
+    return np.split(data, np.cumsum(counts)[:-1], axis=1) if n else []
+
+
+def emit_and_check(ir: irm.IR, inputs: dict, out, board="zcu102", clock=200.0):
+    """Emit, check golden outputs == run_reference, run csim; returns the project folder."""
+    d = emit_project(ir, out, get_board(board), clock, inputs)
+    _, trace = run_reference(ir, inputs, trace=True)
+    want = [trace[ir.producer(b.name).inputs[0]] for b in ir.outputs]
+    got = read_golden(d / "golden" / "outputs.bin")
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w.reshape(w.shape[0], -1))
+    ins = [trace[op.outputs[0]] for op in ir.ops if op.op == "quantize"]
+    for g, w in zip(read_golden(d / "golden" / "inputs.bin"), ins):
+        assert np.array_equal(g, w.reshape(w.shape[0], -1))
+    rep = run_project_csim(d)
+    assert rep.passed, rep.log
+    assert rep.mismatches == 0 and rep.first_mismatch is None
+    assert rep.cases == CASES >= 8
+    return d
+
+
+# ---------------------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------------------
+
+def test_brevitas_mlp_csim(mlp_ir, tmp_path):
+    assert {o.op for o in mlp_ir.ops} <= {"quantize", "matmul", "requant", "dequantize"}
+    d = emit_and_check(mlp_ir, {mlp_ir.inputs[0].onnx_name: _x((16,), 1, 2.0)}, tmp_path / "mlp")
+    src = (d / "codesign_top.cpp").read_text()
+    assert src.count("codesign::Mvau<") == 3 and "requant_row<" in src
+    assert "#pragma HLS INTERFACE m_axi port = weights offset = slave bundle = gmem2" in src
+    for h in ("types.h", "matmul.h", "requant.h", "softmax.h", "layernorm.h"):
+        assert (d / "include" / "codesign" / h).read_bytes() == (csim.include_dir() / "codesign" / h).read_bytes()
+
+
+def test_bnn_bipolar_csim(tmp_path):
+    ir = lower(_bnn(tmp_path / "bnn.onnx"))
+    assert [o.op for o in ir.ops] == ["quantize", "matmul", "threshold", "matmul", "threshold", "dequantize"]
+    emit_and_check(ir, {ir.inputs[0].onnx_name: _x((24,), 9, 2.0)}, tmp_path / "bnn")
+
+
+def test_custom_ops_csim(tmp_path):
+    ir = lower(_custom_op_graph())
+    assert [o.op for o in ir.ops][1:-1] == ["matmul", "requant", "lut", "add", "layernorm", "softmax"]
+    emit_and_check(ir, {"x": _x((3, 16), 2)}, tmp_path / "custom", board="zcu111", clock=250)
+
+
+def test_structural_threshold_csim(tmp_path):
+    ir = lower(_structural_graph(), threshold_all=True)
+    assert {"reshape", "transpose", "flatten", "threshold", "add", "identity", "concat", "gather"} <= {
+        o.op for o in ir.ops}
+    emit_and_check(ir, {"x": _x((16,), 3, 2.0)}, tmp_path / "struct")
+
+
+def test_attention_batched_matmul_csim(tmp_path):
+    ir = lower(_attention_graph())
+    mms = [o for o in ir.ops if o.op == "matmul"]
+    assert len(mms) == 2 and all(o.inputs[1] in ir.tensors for o in mms)  # code x code
+    rq = [o for o in ir.ops if o.op == "requant"][-1]
+    assert ir.constants[rq.inputs[1]].values.size > 1  # per-channel multipliers
+    emit_and_check(ir, {"x": _x((2, 6, 8), 4)}, tmp_path / "attn")
+
+
+def test_corrupted_golden_is_reported(mlp_ir, tmp_path):
+    d = emit_project(mlp_ir, tmp_path / "p", BOARDS["zcu102"], 200.0,
+                     {mlp_ir.inputs[0].onnx_name: _x((16,), 5, 2.0)})
+    assert run_project_csim(d).passed
+    path = d / "golden" / "outputs.bin"
+    b = bytearray(path.read_bytes())
+    _, cases, n = struct.unpack_from("<III", b, 4)
+    (count,) = struct.unpack_from("<I", b, 16)
+    k, i = 5, 3  # case 5, element 3
+    off = 16 + 4 * n + 8 * (k * count + i)
+    (v,) = struct.unpack_from("<q", b, off)
+    struct.pack_into("<q", b, off, v + 1)
+    path.write_bytes(bytes(b))
+    rep = run_project_csim(d)
+    assert not rep.passed and rep.cases == cases and rep.mismatches == 1
+    out = mlp_ir.producer(mlp_ir.outputs[0].name).inputs[0]
+    assert rep.first_mismatch == f"case {k} output {out} index {i}: expected {v + 1} got {v}"
+
+
+def test_emit_is_deterministic(tmp_path):
+    ir = lower(_custom_op_graph())
+    x = {"x": _x((3, 16), 6)}
+    a = emit_project(ir, tmp_path / "a", BOARDS["zcu102"], 200.0, x)
+    irm.save(ir, tmp_path / "ir")
+    b = emit_project(irm.load(tmp_path / "ir"), tmp_path / "b", BOARDS["zcu102"], 200.0, x)  # a fresh object
+    files_a = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b and "weights.bin" in files_a and "README.md" in files_a
+    for f in files_a:
+        assert filecmp.cmp(a / f, b / f, shallow=False), f
+
+
+@pytest.mark.parametrize("board, clock, period", [("zcu102", 200.0, "5.000"), ("zcu111", 300.0, "3.333")])
+def test_tcl_has_part_and_period(mlp_ir, tmp_path, board, clock, period):
+    d = emit_project(mlp_ir, tmp_path / board, get_board(board), clock,
+                     {mlp_ir.inputs[0].onnx_name: _x((16,), 7)})
+    tcl = (d / "run_hls.tcl").read_text()
+    assert f"set_part {{{get_board(board).part}}}" in tcl
+    assert f"create_clock -period {period}" in tcl
+    for cmd in ("open_project", "set_top codesign_top", "add_files -tb", "csim_design", "csynth_design",
+                "cosim_design", "export_design -format ip_catalog"):
+        assert cmd in tcl
+    readme = (d / "README.md").read_text()
+    assert "vitis_hls -f run_hls.tcl" in readme and "g++ -std=c++14" in readme
+
+
+def test_unsupported_op_named(mlp_ir, tmp_path):
+    import copy
+    ir = copy.deepcopy(mlp_ir)
+    op = next(o for o in ir.ops if o.op == "requant")
+    op.op = "maxpool2d"
+    with pytest.raises(NotImplementedError, match=r"emit: op 'requant_0' \(maxpool2d\) is not supported by the "
+                                                  r"HLS emitter yet; supported: matmul"):
+        emit_project(ir, tmp_path / "x", BOARDS["zcu102"], 200.0, {ir.inputs[0].onnx_name: _x((16,), 8)})
+    assert set(SUPPORTED_OPS) >= {"matmul", "requant", "threshold", "add", "lut", "softmax", "layernorm"}
+
+
+def test_fqbert_tiny_csim(tmp_path):
+    """The tiny FQ-BERT's accelerator graph (embedding LayerNorm output .. logit codes, as the
+    build flow cuts it; gather, reshape, transpose, code x code matmuls, softmax, layernorm,
+    lut, add, requant) emits and passes csim. Uses the flow's front end (accel/flow.py)."""
+    flow = pytest.importorskip("codesign.accel.flow")
+    if not hasattr(flow, "_fqbert_front") or not hasattr(flow, "_user_inputs"):
+        pytest.skip("codesign.accel.flow has no FQ-BERT front end")
+    ir = lower(flow._fqbert_front("tiny", 0).accel, name="fqbert")
+    assert {"softmax", "layernorm", "lut", "add", "gather", "transpose"} <= {o.op for o in ir.ops}
+    assert any(o.op == "matmul" and o.inputs[1] in ir.tensors for o in ir.ops)  # Q.K^T
+    emit_and_check(ir, flow._user_inputs(ir, 0, CASES), tmp_path / "fqbert", board="zcu111")
