@@ -29,7 +29,7 @@ help:
 	@echo "  make setup      create $(VENV) and install codesign (editable) with test extras,"
 	@echo "                  hls4ml $(HLS4ML_VERSION) (--no-deps, for ap_types headers), and"
 	@echo "                  optionally $(APT_PACKAGES) via apt-get; fast when nothing changed"
-	@echo "  make run        setup, then: codesign build fqbert --board zcu102"
+	@echo "  make run        setup, then: codesign build fqbert --board zcu102 --force"
 	@echo "  make test       setup, then: python -m pytest $(PYTEST_ARGS)"
 	@echo "                  (override with PYTEST_ARGS='...')"
 	@echo "  make clean      remove build outputs and caches (keeps $(VENV))"
@@ -63,7 +63,7 @@ system-deps:
 	fi
 
 run: setup
-	$(VENV)/bin/codesign build fqbert --board zcu102
+	$(VENV)/bin/codesign build fqbert --board zcu102 --force
 
 # PYTHONSAFEPATH=1: `python -m` would otherwise put the repo root on sys.path
 # (also in the xdist workers), making the bare stage folders (sim, hls, ...)

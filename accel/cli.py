@@ -111,20 +111,67 @@ def _cmd_ops(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _flow_errors():
+    """Exception types of the flow that are reported as usage errors (exit 2)."""
+    from codesign.accel.outdir import OutputExistsError
+    from codesign.accel.passes import LoweringError, OnnxReadError, UnsupportedOpError
+
+    return (OutputExistsError, LoweringError, OnnxReadError, UnsupportedOpError)
+
+
 def _cmd_build(args: argparse.Namespace) -> int:
     try:
         board = get_board(args.board)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    model = args.model.strip().lower()
-    if model not in MODELS:
-        raise CliError(f"unknown model {args.model!r} (supported: {', '.join(MODELS)})")
-    # Not implemented yet: validate, then say so. Nothing is written.
-    raise CliError(
-        f"'codesign build {model} --board {board.name}' is not implemented yet: "
-        "the FQ-BERT build lands with the FQ-BERT end-to-end issue; "
-        "available now: 'codesign boards'"
-    )
+    from codesign.accel import flow
+
+    def progress(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        res = flow.build(args.model, board, out=args.out, config=args.config, force=args.force,
+                         csim=not args.no_csim, seed=args.seed, clock_mhz=args.clock, progress=progress)
+    except flow.FlowError as exc:
+        raise CliError(str(exc), exc.code) from None
+    except _flow_errors() as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    c = res.report["csim"]
+    csim = f"csim skipped ({c['skipped']})" if c.get("skipped") else f"csim passed ({c['cases']} cases)"
+    print(f"built {res.out}: {csim}; report: {res.out / 'report.md'}")
+    return EXIT_OK
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from codesign.accel import flow
+
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read --input '{args.input}': {exc}") from None
+    if not isinstance(x, np.ndarray):
+        raise CliError(f"--input '{args.input}' must be a .npy array")
+    try:
+        ys = flow.predict(args.dir, x, engine=args.engine)
+    except flow.FlowError as exc:
+        raise CliError(str(exc), exc.code) from None
+    out = str(args.output)
+    if len(ys) == 1:
+        y = next(iter(ys.values()))
+        if out.endswith(".npz"):
+            np.savez(out, **ys)
+        else:
+            with open(out, "wb") as f:
+                np.save(f, y, allow_pickle=False)
+    else:
+        if not out.endswith(".npz"):
+            raise CliError(f"the model has {len(ys)} outputs ({', '.join(ys)}); give an --output ending in .npz")
+        np.savez(out, **ys)
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in ys.items())
+    print(f"{args.engine}: {x.shape[0]} sample(s) -> {out} ({shapes})")
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------
@@ -153,22 +200,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_build = sub.add_parser(
         "build",
-        help="build an accelerator for a model and board (not implemented yet)",
-        description="Quantize, lower, fold, emit HLS C++ and verify a model for a board.",
+        help="build an accelerator for a model and board",
+        description=("Quantize (zoo model) or import (.onnx file), lower to the integer IR, write golden "
+                     "vectors, emit HLS C++, verify it by C-simulation and write report.json/report.md. "
+                     "All or nothing: a failed build leaves no output folder."),
     )
-    p_build.add_argument("model", metavar="MODEL", help=f"model to build ({', '.join(MODELS)})")
+    p_build.add_argument("model", metavar="MODEL",
+                         help=f"zoo model ({', '.join(MODELS)}) or the path of a QONNX .onnx file")
     p_build.add_argument(
         "--board",
         required=True,
         metavar="BOARD",
         help=f"target board ({', '.join(sorted(BOARDS))})",
     )
-    p_build.add_argument("--config", metavar="PATH", help="build configuration file")
-    p_build.add_argument("--out", metavar="DIR", help="output folder")
-    p_build.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    p_build.add_argument("--config", default="tiny", metavar="CONFIG",
+                         help="FQ-BERT configuration: tiny, minilm or base (default tiny)")
+    p_build.add_argument("--out", metavar="DIR", help="output folder (default build/<model>-<board>)")
+    p_build.add_argument("--force", action="store_true", help="replace an existing output folder")
     p_build.add_argument("--no-csim", action="store_true", help="skip the g++ C-simulation check")
     p_build.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p_build.add_argument("--clock", type=float, default=214.0, metavar="MHZ",
+                         help="target clock in MHz (default 214, FQ-BERT's)")
     p_build.set_defaults(func=_cmd_build)
+
+    p_pred = sub.add_parser(
+        "predict",
+        help="run a built model on inputs",
+        description="Run the model built in DIR on --input (.npy, batch first); write the float "
+                    "(dequantized) outputs, batch first, to --output.",
+    )
+    p_pred.add_argument("dir", metavar="DIR", help="a folder written by 'codesign build'")
+    p_pred.add_argument("--input", required=True, metavar="X.npy", help="inputs, first axis the batch")
+    p_pred.add_argument("--output", required=True, metavar="Y.npy", help="outputs (.npz for several)")
+    p_pred.add_argument("--engine", choices=("reference", "csim"), default="reference",
+                        help="numpy integer reference (default) or C-simulation of the emitted HLS C++")
+    p_pred.set_defaults(func=_cmd_predict)
 
     return parser
 
