@@ -3,30 +3,26 @@
 Each test lowers a small QONNX graph (a Brevitas MLP, a binary Brevitas MLP, a graph of the codesign custom ops,
 a graph of structural ops + MultiThreshold, an attention block with Q.K^T / P.V matmuls of
 two code tensors), emits the project with golden vectors from ``run_reference`` and runs
-its testbench: every output code must be ``==`` the reference. The graph builders are
-copies of those in ``tests/test_lower.py`` (not imported: test modules stay independent).
+its testbench: every output code must be ``==`` the reference. The graph builders come from
+``codesign.accel.qonnx_build``, the Brevitas models from ``codesign.quantize.examples``.
 """
 from __future__ import annotations
 
 import filecmp
 import struct
-import warnings
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
-
-from qonnx.core.modelwrapper import ModelWrapper
-from qonnx.transformation.infer_shapes import InferShapes
-from qonnx.util.basic import qonnx_make_model
+from onnx import helper
 
 import codesign.accel.custom_ops as co
 from codesign.accel import ir as irm
 from codesign.accel.boards import BOARDS, get_board
 from codesign.accel.lower import lower
+from codesign.accel.qonnx_build import graph_model, quant
 from codesign.hls import csim
 from codesign.hls.emit import GOLDEN_MAGIC, SUPPORTED_OPS, emit_project, run_project_csim
+from codesign.quantize.examples import export_bnn, export_mlp_pow2
 from codesign.sim.reference import IntType
 from codesign.sim.run_ir import run_reference
 
@@ -37,116 +33,8 @@ CASES = 8
 
 
 # ---------------------------------------------------------------------------------------
-# graph builders (copied from tests/test_lower.py)
+# graphs
 # ---------------------------------------------------------------------------------------
-
-def vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def quant(x, y, scale, bits, signed, narrow=False, name=None, rounding="ROUND"):
-    name = name or f"Quant_{y}"
-    inits = {f"{name}_s": np.asarray(scale, dtype=np.float32), f"{name}_z": np.float32(0),
-             f"{name}_b": np.float32(bits)}
-    node = helper.make_node("Quant", [x, f"{name}_s", f"{name}_z", f"{name}_b"], [y], name=name, domain=QONNX,
-                            signed=int(signed), narrow=int(narrow), rounding_mode=rounding)
-    return node, inits
-
-
-def graph_model(nodes, inputs, outputs, inits, name="g", value_info=()) -> ModelWrapper:
-    protos, all_inits = [], dict(inits)
-    for n in nodes:
-        if isinstance(n, co.CodesignNode):
-            protos.append(n.node)
-            all_inits.update(n.initializers)
-        elif isinstance(n, tuple):
-            protos.append(n[0])
-            all_inits.update(n[1])
-        else:
-            protos.append(n)
-    g = helper.make_graph(protos, name, [vi(n, s) for n, s in inputs], [vi(n, None) for n in outputs],
-                          initializer=[onnx.numpy_helper.from_array(np.asarray(v), name=k)
-                                       for k, v in all_inits.items()],
-                          value_info=[vi(n, sh) for n, sh in value_info])
-    model = qonnx_make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX, 1),
-                                               co.opset_import()])
-    return ModelWrapper(model).transform(InferShapes())
-
-
-def _mlp_pow2(path) -> ModelWrapper:
-    """Brevitas MLP: QuantIdentity, QuantLinear (Int32 bias) + QuantReLU, power-of-two scales."""
-    import torch
-    import brevitas.nn as qnn
-    from brevitas.export import export_qonnx
-    from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Int32Bias,
-                                Uint8ActPerTensorFixedPoint)
-    torch.manual_seed(0)
-
-    class MLP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            kw = dict(bias=True, bias_quant=Int32Bias, return_quant_tensor=True,
-                      weight_quant=Int8WeightPerTensorFixedPoint)
-            self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=True)
-            self.fc1 = qnn.QuantLinear(16, 32, **kw)
-            self.relu1 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, return_quant_tensor=True)
-            self.fc2 = qnn.QuantLinear(32, 24, **kw)
-            self.relu2 = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, return_quant_tensor=True)
-            self.fc3 = qnn.QuantLinear(24, 10, **kw)
-            self.out = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint)
-
-        def forward(self, x):
-            x = self.relu1(self.fc1(self.inp(x)))
-            return self.out(self.fc3(self.relu2(self.fc2(x))))
-
-    m = MLP()
-    m.train()
-    with torch.no_grad():
-        for _ in range(8):
-            m(torch.randn(64, 16) * 2)
-    m.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_qonnx(m, torch.zeros(1, 16), export_path=str(path))
-    return ModelWrapper(str(path))
-
-
-def _bnn(path) -> ModelWrapper:
-    """Binary MLP: bipolar activations and weights, BatchNorm folded into thresholds."""
-    import torch
-    import brevitas.nn as qnn
-    from brevitas.export import export_qonnx
-    from brevitas.quant import SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
-    torch.manual_seed(2)
-
-    class BNN(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            kw = dict(bias=False, weight_quant=SignedBinaryWeightPerTensorConst)
-            self.inp = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
-            self.fc1 = qnn.QuantLinear(24, 32, **kw)
-            self.bn1 = torch.nn.BatchNorm1d(32)
-            self.a1 = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
-            self.fc2 = qnn.QuantLinear(32, 16, **kw)
-            self.bn2 = torch.nn.BatchNorm1d(16)
-            self.a2 = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst)
-
-        def forward(self, x):
-            return self.a2(self.bn2(self.fc2(self.a1(self.bn1(self.fc1(self.inp(x)))))))
-
-    m = BNN()
-    with torch.no_grad():
-        for bn in (m.bn1, m.bn2):
-            bn.running_mean.uniform_(-4, 4)
-            bn.running_var.uniform_(0.5, 6)
-            bn.weight.uniform_(-1, 1)
-            bn.bias.uniform_(-1, 1)
-    m.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_qonnx(m, torch.zeros(1, 24), export_path=str(path))
-    return ModelWrapper(str(path))
-
 
 def _custom_op_graph():
     """Quant -> MatMul -> Requant -> IntLUT (gelu) -> IntAdd -> IntLayerNorm -> IntSoftmax."""
@@ -221,7 +109,7 @@ def _x(shape, seed: int, spread: float = 1.5) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def mlp_ir(tmp_path_factory):
-    return lower(_mlp_pow2(tmp_path_factory.mktemp("mlp") / "mlp.onnx"))
+    return lower(export_mlp_pow2(tmp_path_factory.mktemp("mlp") / "mlp.onnx"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -273,7 +161,7 @@ def test_brevitas_mlp_csim(mlp_ir, tmp_path):
 
 
 def test_bnn_bipolar_csim(tmp_path):
-    ir = lower(_bnn(tmp_path / "bnn.onnx"))
+    ir = lower(export_bnn(tmp_path / "bnn.onnx"))
     assert [o.op for o in ir.ops] == ["quantize", "matmul", "threshold", "matmul", "threshold", "dequantize"]
     emit_and_check(ir, {ir.inputs[0].onnx_name: _x((24,), 9, 2.0)}, tmp_path / "bnn")
 

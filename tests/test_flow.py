@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,44 +35,13 @@ REPORT_KEYS = {"model", "board", "part", "clock_mhz", "bit_widths", "weights_byt
 # fixtures
 
 
-def _mlp():
-    """QuantIdentity input, QuantLinear with Int32 bias, QuantReLU, fixed-point (power-of-two) scales."""
-    import torch
-    import brevitas.nn as qnn
-    from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8WeightPerTensorFixedPoint, Int32Bias,
-                                Uint8ActPerTensorFixedPoint)
-    torch.manual_seed(0)
-
-    class MLP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            kw = dict(bias=True, bias_quant=Int32Bias, weight_quant=Int8WeightPerTensorFixedPoint,
-                      return_quant_tensor=True)
-            self.inp = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint, return_quant_tensor=True)
-            self.fc1 = qnn.QuantLinear(16, 32, **kw)
-            self.relu = qnn.QuantReLU(act_quant=Uint8ActPerTensorFixedPoint, return_quant_tensor=True)
-            self.fc2 = qnn.QuantLinear(32, 10, **kw)
-            self.out = qnn.QuantIdentity(act_quant=Int8ActPerTensorFixedPoint)
-
-        def forward(self, x):
-            return self.out(self.fc2(self.relu(self.fc1(self.inp(x)))))
-
-    m = MLP()
-    m.train()
-    with torch.no_grad():
-        for _ in range(8):
-            m(torch.randn(64, 16) * 2)
-    return m.eval()
-
-
 @pytest.fixture(scope="module")
 def mlp_file(tmp_path_factory) -> Path:
-    import torch
-    from brevitas.export import export_qonnx
+    """QuantIdentity input, QuantLinear with Int32 bias, QuantReLU, fixed-point (power-of-two)
+    scales: 16-32-10 (codesign.quantize.examples)."""
+    from codesign.quantize.examples import export_mlp_pow2_small
     path = tmp_path_factory.mktemp("mlp") / "mlp.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_qonnx(_mlp(), torch.zeros(1, 16), export_path=str(path))
+    export_mlp_pow2_small(path)
     return path
 
 

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
@@ -32,6 +32,8 @@ from qonnx.util.basic import qonnx_make_model
 import codesign.accel.custom_ops as co
 from codesign.accel import ir as irm
 from codesign.accel.lower import LoweringError, OnnxReadError, UnsupportedOpError, lower
+from codesign.accel.qonnx_build import graph_model, quant, vi
+from codesign.quantize.examples import export_bnn, export_mlp_float, export_mlp_pow2
 from codesign.sim import reference as ref
 from codesign.sim.reference import IntType
 from codesign.sim.run_ir import run_reference
@@ -72,139 +74,23 @@ def requant_ties(ir: irm.IR, trace: dict) -> np.ndarray:
     return np.zeros(0, bool) if hit is None else hit
 
 
-def vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def quant(x, y, scale, bits, signed, narrow=False, name=None, rounding="ROUND"):
-    """A QONNX Quant node and its initializers (scale, zero point, bit width)."""
-    name = name or f"Quant_{y}"
-    inits = {f"{name}_s": np.asarray(scale, dtype=np.float32), f"{name}_z": np.float32(0),
-             f"{name}_b": np.float32(bits)}
-    node = helper.make_node("Quant", [x, f"{name}_s", f"{name}_z", f"{name}_b"], [y], name=name, domain=QONNX,
-                            signed=int(signed), narrow=int(narrow), rounding_mode=rounding)
-    return node, inits
-
-
-def graph_model(nodes, inputs, outputs, inits, name="g", value_info=()) -> ModelWrapper:
-    """nodes: NodeProto, (NodeProto, inits) or CodesignNode; value_info: [(name, shape)]."""
-    protos, all_inits = [], dict(inits)
-    for n in nodes:
-        if isinstance(n, co.CodesignNode):
-            protos.append(n.node)
-            all_inits.update(n.initializers)
-        elif isinstance(n, tuple):
-            protos.append(n[0])
-            all_inits.update(n[1])
-        else:
-            protos.append(n)
-    g = helper.make_graph(protos, name, [vi(n, s) for n, s in inputs], [vi(n, None) for n in outputs],
-                          initializer=[onnx.numpy_helper.from_array(np.asarray(v), name=k)
-                                       for k, v in all_inits.items()],
-                          value_info=[vi(n, sh) for n, sh in value_info])
-    model = qonnx_make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX, 1),
-                                               co.opset_import()])
-    return ModelWrapper(model).transform(InferShapes())
-
-
 # ---------------------------------------------------------------------------------------
 # Brevitas models (exported once per module)
 # ---------------------------------------------------------------------------------------
 
-def _export(module, in_features: int, path) -> ModelWrapper:
-    import torch
-    from brevitas.export import export_qonnx
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_qonnx(module, torch.zeros(1, in_features), export_path=str(path))
-    return ModelWrapper(str(path))
-
-
-def _mlp(pow2: bool, seed: int):
-    """A user-style MLP: QuantIdentity input, QuantLinear layers with Int32 bias, QuantReLU,
-    a quantized output. Fixed-point (power-of-two) or float scales; per-channel weights in
-    the first layer of the float variant."""
-    import torch
-    import brevitas.nn as qnn
-    from brevitas.quant import (Int8ActPerTensorFixedPoint, Int8ActPerTensorFloat, Int8WeightPerChannelFloat,
-                                Int8WeightPerTensorFixedPoint, Int8WeightPerTensorFloat, Int32Bias,
-                                Uint8ActPerTensorFixedPoint, Uint8ActPerTensorFloat)
-    torch.manual_seed(seed)
-    act, relu = ((Int8ActPerTensorFixedPoint, Uint8ActPerTensorFixedPoint) if pow2
-                 else (Int8ActPerTensorFloat, Uint8ActPerTensorFloat))
-    w1, w = ((Int8WeightPerTensorFixedPoint,) * 2 if pow2 else (Int8WeightPerChannelFloat, Int8WeightPerTensorFloat))
-
-    class MLP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            kw = dict(bias=True, bias_quant=Int32Bias, return_quant_tensor=True)
-            self.inp = qnn.QuantIdentity(act_quant=act, return_quant_tensor=True)
-            self.fc1 = qnn.QuantLinear(16, 32, weight_quant=w1, **kw)
-            self.relu1 = qnn.QuantReLU(act_quant=relu, return_quant_tensor=True)
-            self.fc2 = qnn.QuantLinear(32, 24, weight_quant=w, **kw)
-            self.relu2 = qnn.QuantReLU(act_quant=relu, return_quant_tensor=True)
-            self.fc3 = qnn.QuantLinear(24, 10, weight_quant=w, **kw)
-            self.out = qnn.QuantIdentity(act_quant=act)
-
-        def forward(self, x):
-            x = self.relu1(self.fc1(self.inp(x)))
-            return self.out(self.fc3(self.relu2(self.fc2(x))))
-
-    m = MLP()
-    m.train()
-    with torch.no_grad():  # collect activation statistics (scale initialisation)
-        for _ in range(8):
-            m(torch.randn(64, 16) * 2)
-    m.eval()
-    return m
-
-
-def _bnn(seed: int):
-    """Binary MLP: BipolarQuant (sign) activations and weights, BatchNorm between layers."""
-    import torch
-    import brevitas.nn as qnn
-    from brevitas.quant import SignedBinaryActPerTensorConst, SignedBinaryWeightPerTensorConst
-    torch.manual_seed(seed)
-
-    class BNN(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            kw = dict(bias=False, weight_quant=SignedBinaryWeightPerTensorConst)
-            self.inp = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
-            self.fc1 = qnn.QuantLinear(24, 32, **kw)
-            self.bn1 = torch.nn.BatchNorm1d(32)
-            self.a1 = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
-            self.fc2 = qnn.QuantLinear(32, 16, **kw)
-            self.bn2 = torch.nn.BatchNorm1d(16)
-            self.a2 = qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst)
-
-        def forward(self, x):
-            return self.a2(self.bn2(self.fc2(self.a1(self.bn1(self.fc1(self.inp(x)))))))
-
-    m = BNN()
-    with torch.no_grad():
-        for bn in (m.bn1, m.bn2):
-            bn.running_mean.uniform_(-4, 4)
-            bn.running_var.uniform_(0.5, 6)
-            bn.weight.uniform_(-1, 1)  # negative gamma: channels negated by the lowering
-            bn.bias.uniform_(-1, 1)
-    m.eval()
-    return m
-
-
 @pytest.fixture(scope="module")
 def mlp_pow2(tmp_path_factory):
-    return _export(_mlp(True, 0), 16, tmp_path_factory.mktemp("mlp") / "mlp_pow2.onnx")
+    return export_mlp_pow2(tmp_path_factory.mktemp("mlp") / "mlp_pow2.onnx")
 
 
 @pytest.fixture(scope="module")
 def mlp_float(tmp_path_factory):
-    return _export(_mlp(False, 1), 16, tmp_path_factory.mktemp("mlp") / "mlp_float.onnx")
+    return export_mlp_float(tmp_path_factory.mktemp("mlp") / "mlp_float.onnx")
 
 
 @pytest.fixture(scope="module")
 def bnn(tmp_path_factory):
-    return _export(_bnn(2), 24, tmp_path_factory.mktemp("bnn") / "bnn.onnx")
+    return export_bnn(tmp_path_factory.mktemp("bnn") / "bnn.onnx")
 
 
 def _inputs(seed: int, batch: int, features: int = 16, spread: float = 2.0) -> np.ndarray:

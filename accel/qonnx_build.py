@@ -1,0 +1,93 @@
+"""Small helpers to build QONNX graphs by hand.
+
+For examples, experiments and tests: a graph of a few nodes (QONNX ``Quant``, standard ONNX
+ops, :mod:`codesign.accel.custom_ops` nodes) without going through Brevitas::
+
+    from onnx import helper
+    import codesign.accel.custom_ops as co
+    from codesign.accel.qonnx_build import graph_model, quant
+
+    nodes = [quant("x", "xq", 2.0**-4, 8, True),
+             quant("w", "wq", 2.0**-6, 8, True, narrow=True),
+             helper.make_node("MatMul", ["xq", "wq"], ["acc"], name="mm")]
+    model = graph_model(nodes, [("x", [1, 16])], ["acc"], {"w": w})
+
+:func:`graph_model` lists the opsets of ONNX (13), QONNX and ``codesign.accel.custom_ops``
+and runs qonnx's ``InferShapes``, so the result can be lowered
+(:func:`codesign.accel.lower.lower`) or executed (``qonnx.core.onnx_exec.execute_onnx``)
+as it is.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import NodeProto, TensorProto, ValueInfoProto, helper
+
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.infer_shapes import InferShapes
+from qonnx.util.basic import qonnx_make_model
+
+import codesign.accel.custom_ops as co
+
+__all__ = ["QONNX_DOMAIN", "vi", "quant", "graph_model"]
+
+QONNX_DOMAIN = "qonnx.custom_op.general"
+"""ONNX domain of QONNX's own ops (``Quant``, ``BipolarQuant``, ``MultiThreshold``, ...)."""
+
+
+def vi(name: str, shape, elem: int = TensorProto.FLOAT) -> ValueInfoProto:
+    """A ``ValueInfoProto`` for tensor ``name`` of ``shape`` (``None``: unknown) and element
+    type ``elem`` (float32 by default)."""
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def quant(x: str, y: str, scale, bits, signed: bool, narrow: bool = False, name: str | None = None,
+          rounding: str = "ROUND") -> tuple[NodeProto, dict[str, np.ndarray]]:
+    """A QONNX ``Quant`` node ``x -> y`` and its initializers (scale, zero point 0, bit width).
+
+    ``scale`` may be a scalar or an array (per channel). The node is named ``name``
+    (default ``Quant_<y>``) and its initializers ``<name>_s``, ``<name>_z`` and ``<name>_b``.
+    Returns ``(node, initializers)``, which :func:`graph_model` accepts as one entry of
+    its ``nodes``.
+    """
+    name = name or f"Quant_{y}"
+    inits = {f"{name}_s": np.asarray(scale, dtype=np.float32), f"{name}_z": np.float32(0),
+             f"{name}_b": np.float32(bits)}
+    node = helper.make_node("Quant", [x, f"{name}_s", f"{name}_z", f"{name}_b"], [y], name=name,
+                            domain=QONNX_DOMAIN, signed=int(signed), narrow=int(narrow), rounding_mode=rounding)
+    return node, inits
+
+
+def graph_model(nodes: Iterable, inputs: Sequence[tuple[str, Sequence[int]]], outputs: Sequence[str],
+                inits: Mapping[str, np.ndarray], name: str = "g",
+                value_info: Sequence[tuple[str, Sequence[int]]] = ()) -> ModelWrapper:
+    """A ``ModelWrapper`` of a graph of ``nodes``, with shapes inferred.
+
+    nodes: in topological order, each a ``NodeProto``, a ``(NodeProto, initializers)`` pair
+    (as :func:`quant` returns) or a :class:`codesign.accel.custom_ops.CodesignNode`; their
+    initializers are added to the graph's.
+    inputs: ``[(name, shape)]`` of the graph inputs (float32).
+    outputs: names of the graph outputs (float32, shape left to inference).
+    inits: further initializers, name -> array.
+    value_info: ``[(name, shape)]`` of intermediate float32 tensors whose shape inference
+    cannot give.
+    """
+    protos, all_inits = [], dict(inits)
+    for n in nodes:
+        if isinstance(n, co.CodesignNode):
+            protos.append(n.node)
+            all_inits.update(n.initializers)
+        elif isinstance(n, tuple):
+            protos.append(n[0])
+            all_inits.update(n[1])
+        else:
+            protos.append(n)
+    g = helper.make_graph(protos, name, [vi(n, s) for n, s in inputs], [vi(n, None) for n in outputs],
+                          initializer=[onnx.numpy_helper.from_array(np.asarray(v), name=k)
+                                       for k, v in all_inits.items()],
+                          value_info=[vi(n, sh) for n, sh in value_info])
+    model = qonnx_make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX_DOMAIN, 1),
+                                               co.opset_import()])
+    return ModelWrapper(model).transform(InferShapes())
