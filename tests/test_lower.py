@@ -341,7 +341,6 @@ def test_custom_ops_lower_one_to_one():
     assert np.array_equal(y, ye)
 
 
-@pytest.mark.skipif("IntMatMul" not in co.OPS, reason="codesign.accel.custom_ops has no IntMatMul")
 def test_intmatmul_requant_chain():
     """IntMatMul (integer accumulator, scale 1 in the graph) -> Requant without acc_scale, the
     per-channel real scale folded into M/sh: lowers to matmul -> requant, identical codes."""

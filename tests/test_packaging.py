@@ -157,8 +157,7 @@ def test_hls_include_dir_is_found_via_importlib_resources():
 
 def test_hls_headers_are_resources():
     src = sorted(p.name for p in (REPO / "hls" / "include" / "codesign").glob("*.h"))
-    if not src:
-        pytest.skip("no headers in hls/include/codesign/ yet")
+    assert {"types.h", "matmul.h", "requant.h", "softmax.h", "layernorm.h"} <= set(src)
     inc = files("codesign.hls") / "include" / "codesign"
     found = sorted(t.name for t in inc.iterdir() if t.name.endswith(".h"))
     assert found == src
