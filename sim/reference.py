@@ -22,7 +22,7 @@ from codesign.sim.checks import (as_type, check_bits, check_broadcast, check_cod
 __all__ = [
     "IntType", "int_range", "sat", "rshr",
     "ROUNDING_MODES", "quantize", "dequantize",
-    "acc_range", "acc_bits", "matmul",
+    "acc_range", "acc_bits", "exact_weights", "matmul",
     "dyadic", "requant",
     "LUT_FUNCTIONS", "lut_index", "lut_table", "lut",
     "softmax_table", "softmax",
@@ -200,6 +200,29 @@ def _check_mm_type(op: str, what: str, t: IntType, allow_unsigned: bool) -> None
 
 
 
+@dataclass(frozen=True, eq=False)
+class ExactWeights:
+    """Weight codes validated once and kept as float64, for repeated matmuls (§2's float64
+    evaluation). Build with :func:`exact_weights`; pass in place of ``w`` to :func:`matmul`."""
+
+    codes: np.ndarray  # float64, integer-valued, read-only
+    w_type: IntType
+
+
+def exact_weights(w, w_type: IntType = IntType(4, True)) -> ExactWeights:
+    """Validate weight codes against ``w_type`` once and keep their float64 copy."""
+    op = "exact_weights"
+    w_type = as_type(op, w_type)
+    _check_mm_type(op, "weight", w_type, False)
+    w = np.asarray(w)
+    if w.dtype.kind not in "iu":
+        w = int_codes(op, "w", w)
+    check_codes(op, "w", w, w_type)  # on the (narrow) integer array: cheaper than on float64
+    codes = w.astype(np.float64)
+    codes.setflags(write=False)
+    return ExactWeights(codes, w_type)
+
+
 def matmul(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntType = IntType(4, True),
            check: bool = True) -> np.ndarray:
     """§2: acc[..., n] = sum_k a[..., k] * w[k, n] + bias[n], exact, int64.
@@ -214,7 +237,13 @@ def matmul(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntType
     _check_mm_type(op, "activation", a_type, True)
     _check_mm_type(op, "weight", w_type, False)  # §2: W is signed or bipolar
     a = int_codes(op, "a", a)
-    w = int_codes(op, "w", w)
+    if isinstance(w, ExactWeights):  # validated when prepared
+        if w.w_type != w_type:
+            raise ValueError(f"{op}: weights were prepared as {w.w_type}, the call says {w_type}")
+        w, wf, w_checked = w.codes, w.codes, True
+    else:
+        w = int_codes(op, "w", w)
+        wf, w_checked = None, False
     if a.ndim < 1 or w.ndim < 2:
         raise ValueError(f"{op}: need a (..., K) and w (K, N), got shapes {a.shape} and {w.shape}")
     K = a.shape[-1]
@@ -224,11 +253,12 @@ def matmul(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntType
         raise ValueError(f"{op}: K={K}, need at least one product per output")
     if check:
         check_codes(op, "a", a, a_type)
-        check_codes(op, "w", w, w_type)
+        if not w_checked:
+            check_codes(op, "w", w, w_type)
     wacc = acc_bits(K, a_type, w_type, *((-(2**31), 2**31 - 1) if bias is not None else (0, 0)))
     if wacc > 48:
         raise ValueError(f"{op}: K={K} needs a {wacc}-bit accumulator, more than 48 bits (§2)")
-    acc = np.matmul(a.astype(np.float64), w.astype(np.float64)).astype(np.int64)
+    acc = np.matmul(a.astype(np.float64), wf if wf is not None else w.astype(np.float64)).astype(np.int64)
     if bias is not None:
         b = int_codes(op, "bias", bias)
         if b.shape not in ((), (w.shape[-1],)):

@@ -13,6 +13,7 @@ never torch, brevitas, qonnx or onnx.
 """
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -27,6 +28,21 @@ __all__ = ["run_reference", "RunError"]
 
 class RunError(ValueError):
     """A failure while running an IR; the message names the op."""
+
+
+# float64 copies of weight constants, kept while the constant array lives (a repeated
+# run of the same IR, e.g. `predict` or a benchmark, converts each weight only once)
+_EXACT: dict[int, tuple[weakref.ref, ref.ExactWeights]] = {}
+
+
+def _exact_weights(values: np.ndarray, w_type: ref.IntType) -> ref.ExactWeights:
+    hit = _EXACT.get(id(values))
+    if hit is not None and hit[0]() is values and hit[1].w_type == w_type:
+        return hit[1]
+    prepared = ref.exact_weights(values, w_type)
+    _EXACT[id(values)] = (weakref.ref(values), prepared)
+    weakref.finalize(values, _EXACT.pop, id(values), None)
+    return prepared
 
 
 def _type(op: Op, key: str) -> ref.IntType:
@@ -170,6 +186,11 @@ def run_reference(ir: IR | str | Path, inputs: Mapping[str, Any], trace: bool = 
         batch = x.shape[0]
     for op in ir.ops:
         args = [env[n] if n in env else ir.constants[n].values for n in op.inputs]
+        if op.op == "matmul" and op.inputs[1] in ir.constants:  # weights: validated and converted once
+            try:
+                args[1] = _exact_weights(args[1], _type(op, "w_type"))
+            except ValueError as e:
+                raise RunError(f"op '{op.name}' ({op.op}): {' '.join(str(e).split())}") from None
         fn = _RUN.get(op.op, _generic)
         try:
             y = fn(op, *args)

@@ -76,6 +76,13 @@ CASES = {
         lambda: ref.matmul(np.zeros((1, 3)), np.zeros((3, 1)), None, U8, IntType(4, False)),  # unsigned weights
         lambda: ref.matmul(np.full((1, 3), 0.5), np.zeros((3, 1))),                           # not codes
         lambda: ref.matmul(np.zeros((2, 0)), np.zeros((0, 3))),                               # K = 0
+        lambda: ref.matmul(np.zeros((1, 3)), ref.exact_weights(np.zeros((3, 1), np.int8), I4), None, U8,
+                           IntType(8, True)),                                                 # prepared as int4
+    ],
+    "exact_weights": [
+        lambda: ref.exact_weights(np.full((3, 1), 8), I4),                 # outside int4
+        lambda: ref.exact_weights(np.zeros((3, 1)), IntType(4, False)),    # unsigned weights
+        lambda: ref.exact_weights(np.full((3, 1), 0.5), I4),               # not codes
     ],
     "dyadic": [
         lambda: ref.dyadic(0.0),

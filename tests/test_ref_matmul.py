@@ -494,3 +494,20 @@ def test_dyadic_large_ratio_band():
     assert [int(v) for v in ref.dyadic(32768.0)] == [32768, 0]
     with pytest.raises(ValueError, match=r"^dyadic: .*>= 2\^16 - 1/2"):
         ref.dyadic(65535.5)
+
+
+def test_exact_weights_same_as_plain_weights():
+    """Prepared float64 weights (validated once, reused by the IR executor) give the same
+    accumulators as plain integer weights, and keep the type and range checks."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(0, 256, (3, 40))
+    w = rng.integers(-8, 8, (40, 7)).astype(np.int8)
+    b = rng.integers(-1000, 1000, 7)
+    u8, i4 = IntType(8, False), IntType(4, True)
+    prepared = ref.exact_weights(w, i4)
+    assert np.array_equal(ref.matmul(a, prepared, b, u8, i4), ref.matmul(a, w, b, u8, i4))
+    assert not prepared.codes.flags.writeable
+    with pytest.raises(ValueError, match=r"^matmul: weights were prepared as int4"):
+        ref.matmul(a, prepared, b, u8, IntType(8, True))
+    with pytest.raises(ValueError, match=r"^exact_weights: w values \[-9, .*outside int4"):
+        ref.exact_weights(np.array([[-9, 0]]), i4)
