@@ -91,3 +91,29 @@ def graph_model(nodes: Iterable, inputs: Sequence[tuple[str, Sequence[int]]], ou
     model = qonnx_make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX_DOMAIN, 1),
                                                co.opset_import()])
     return ModelWrapper(model).transform(InferShapes())
+
+
+def structural_example() -> ModelWrapper:
+    """An example graph exercising the structural ops: Quant -> Reshape -> Transpose ->
+    Flatten -> MatMul -> Quant; residual Add at equal scales (exact); Identity; Concat;
+    Gather; MultiThreshold to a 2-bit output. Two outputs ("y", "res"); seeded weights."""
+    rng = np.random.default_rng(5)
+    s = 2.0**-3
+    w = rng.integers(-7, 8, size=(16, 16)).astype(np.float32) * np.float32(2.0**-3)
+    T = np.sort(rng.uniform(-3, 3, size=(1, 3)).astype(np.float32), axis=1)
+    nodes = [quant("x", "xq", s, 6, True),
+             helper.make_node("Reshape", ["xq", "shp"], ["x3"], name="reshape"),
+             helper.make_node("Transpose", ["x3"], ["xt"], name="transpose", perm=[0, 2, 1]),
+             helper.make_node("Flatten", ["xt"], ["xf"], name="flatten", axis=1),
+             quant("w", "wq", 2.0**-3, 4, True, narrow=True),
+             helper.make_node("MatMul", ["xf", "wq"], ["acc"], name="mm"),
+             quant("acc", "h", s, 6, True),
+             helper.make_node("Add", ["h", "xq"], ["res"], name="add"),
+             helper.make_node("Identity", ["res"], ["resi"], name="identity"),
+             helper.make_node("Concat", ["resi", "xq"], ["cat"], name="concat", axis=1),
+             helper.make_node("Gather", ["cat", "idx"], ["gat"], name="gather", axis=1),
+             helper.make_node("MultiThreshold", ["gat", "T"], ["y"], name="mt", domain=QONNX_DOMAIN,
+                              out_dtype="UINT2", out_scale=1.0, out_bias=0.0)]
+    inits = {"w": w, "shp": np.asarray([1, 4, 4], dtype=np.int64), "T": T,
+             "idx": np.asarray([0, 3, 17, 31, 5], dtype=np.int64)}
+    return graph_model(nodes, [("x", [1, 16])], ["y", "res"], inits)

@@ -19,7 +19,7 @@ import codesign.accel.custom_ops as co
 from codesign.accel import ir as irm
 from codesign.accel.boards import BOARDS, get_board
 from codesign.accel.lower import lower
-from codesign.accel.qonnx_build import graph_model, quant
+from codesign.accel.qonnx_build import graph_model, quant, structural_example
 from codesign.hls import csim
 from codesign.hls.emit import GOLDEN_MAGIC, SUPPORTED_OPS, emit_project, run_project_csim
 from codesign.quantize.examples import export_bnn, export_mlp_pow2
@@ -28,7 +28,6 @@ from codesign.sim.run_ir import run_reference
 
 pytestmark = pytest.mark.skipif(csim.available() is not None, reason=str(csim.available()))
 
-QONNX = "qonnx.custom_op.general"
 CASES = 8
 
 
@@ -55,31 +54,6 @@ def _custom_op_graph():
                                         gamma=rng.uniform(0.5, 1.5, N), beta=rng.uniform(-0.5, 0.5, N), name="ln"))
     nodes.append(co.make_softmax_node("ln", "y", IntType(8, True), 2.0**-5, name="sm"))
     return graph_model(nodes, [("x", [1, 3, K])], ["y"], {"w": w})
-
-
-def _structural_graph():
-    """Reshape, Transpose, Flatten, MatMul, Quant (thresholds), Add, Identity, Concat, Gather,
-    MultiThreshold; two outputs."""
-    rng = np.random.default_rng(5)
-    s = 2.0**-3
-    w = rng.integers(-7, 8, size=(16, 16)).astype(np.float32) * np.float32(2.0**-3)
-    T = np.sort(rng.uniform(-3, 3, size=(1, 3)).astype(np.float32), axis=1)
-    nodes = [quant("x", "xq", s, 6, True),
-             helper.make_node("Reshape", ["xq", "shp"], ["x3"], name="reshape"),
-             helper.make_node("Transpose", ["x3"], ["xt"], name="transpose", perm=[0, 2, 1]),
-             helper.make_node("Flatten", ["xt"], ["xf"], name="flatten", axis=1),
-             quant("w", "wq", 2.0**-3, 4, True, narrow=True),
-             helper.make_node("MatMul", ["xf", "wq"], ["acc"], name="mm"),
-             quant("acc", "h", s, 6, True),
-             helper.make_node("Add", ["h", "xq"], ["res"], name="add"),
-             helper.make_node("Identity", ["res"], ["resi"], name="identity"),
-             helper.make_node("Concat", ["resi", "xq"], ["cat"], name="concat", axis=1),
-             helper.make_node("Gather", ["cat", "idx"], ["gat"], name="gather", axis=1),
-             helper.make_node("MultiThreshold", ["gat", "T"], ["y"], name="mt", domain=QONNX,
-                              out_dtype="UINT2", out_scale=1.0, out_bias=0.0)]
-    inits = {"w": w, "shp": np.asarray([1, 4, 4], dtype=np.int64), "T": T,
-             "idx": np.asarray([0, 3, 17, 31, 5], dtype=np.int64)}
-    return graph_model(nodes, [("x", [1, 16])], ["y", "res"], inits)
 
 
 def _attention_graph():
@@ -173,7 +147,7 @@ def test_custom_ops_csim(tmp_path):
 
 
 def test_structural_threshold_csim(tmp_path):
-    ir = lower(_structural_graph(), threshold_all=True)
+    ir = lower(structural_example(), threshold_all=True)
     assert {"reshape", "transpose", "flatten", "threshold", "add", "identity", "concat", "gather"} <= {
         o.op for o in ir.ops}
     emit_and_check(ir, {"x": _x((16,), 3, 2.0)}, tmp_path / "struct")

@@ -32,7 +32,7 @@ from qonnx.util.basic import qonnx_make_model
 import codesign.accel.custom_ops as co
 from codesign.accel import ir as irm
 from codesign.accel.lower import LoweringError, OnnxReadError, UnsupportedOpError, lower
-from codesign.accel.qonnx_build import graph_model, quant, vi
+from codesign.accel.qonnx_build import graph_model, quant, structural_example, vi
 from codesign.quantize.examples import export_bnn, export_mlp_float, export_mlp_pow2
 from codesign.sim import reference as ref
 from codesign.sim.reference import IntType
@@ -362,34 +362,9 @@ def test_intmatmul_requant_chain():
     assert np.array_equal(run_reference(ir, {"x": x})["y"], exec_onnx_multi(model, x, ("y",))["y"])
 
 
-def _structural_graph():
-    """Quant -> Reshape -> Transpose -> Flatten -> MatMul -> Quant; residual Add at equal
-    scales (exact); Concat; Gather; Identity; MultiThreshold to a 2-bit output."""
-    rng = np.random.default_rng(5)
-    s = 2.0**-3
-    w = rng.integers(-7, 8, size=(16, 16)).astype(np.float32) * np.float32(2.0**-3)
-    T = np.sort(rng.uniform(-3, 3, size=(1, 3)).astype(np.float32), axis=1)
-    nodes = [quant("x", "xq", s, 6, True),
-             helper.make_node("Reshape", ["xq", "shp"], ["x3"], name="reshape"),
-             helper.make_node("Transpose", ["x3"], ["xt"], name="transpose", perm=[0, 2, 1]),
-             helper.make_node("Flatten", ["xt"], ["xf"], name="flatten", axis=1),
-             quant("w", "wq", 2.0**-3, 4, True, narrow=True),
-             helper.make_node("MatMul", ["xf", "wq"], ["acc"], name="mm"),
-             quant("acc", "h", s, 6, True),
-             helper.make_node("Add", ["h", "xq"], ["res"], name="add"),
-             helper.make_node("Identity", ["res"], ["resi"], name="identity"),
-             helper.make_node("Concat", ["resi", "xq"], ["cat"], name="concat", axis=1),
-             helper.make_node("Gather", ["cat", "idx"], ["gat"], name="gather", axis=1),
-             helper.make_node("MultiThreshold", ["gat", "T"], ["y"], name="mt", domain=QONNX,
-                              out_dtype="UINT2", out_scale=1.0, out_bias=0.0)]
-    inits = {"w": w, "shp": np.asarray([1, 4, 4], dtype=np.int64), "T": T,
-             "idx": np.asarray([0, 3, 17, 31, 5], dtype=np.int64)}
-    return graph_model(nodes, [("x", [1, 16])], ["y", "res"], inits)
-
-
 def test_structural_add_multithreshold():
     """(threshold_all: the int6 quantizer of the accumulator meets exact ties, see the MLP tests.)"""
-    model = _structural_graph()
+    model = structural_example()
     ir = lower(model, threshold_all=True)
     ops = [o.op for o in ir.ops]
     assert ops[:5] == ["quantize", "reshape", "transpose", "flatten", "matmul"]
