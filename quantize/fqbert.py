@@ -565,11 +565,17 @@ class FQBert(nn.Module):
             raise ValueError(f"FQBert: token ids outside 0..{self.cfg.vocab_size - 1}")
         return ids.to(torch.int64)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+    def encode(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> tuple[Tensor, float]:
+        """The last encoder layer's output ``(B, T, hidden)`` as values ``codes · s`` (int8
+        codes) and its scale ``s``: the token representations a sentence embedding pools."""
         ids = self._check_ids(input_ids)
         x, s = self.embeddings(ids, token_type_ids)
         for layer in self.layers:
             x, s = layer(x, s)
+        return x, s
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        x, s = self.encode(input_ids, token_type_ids)
         h, s = self.pooler(x[:, 0, :], s)
         h, s = self.pooler_act(h, s)
         acc, _ = self.classifier.acc(h, s)
