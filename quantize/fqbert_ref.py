@@ -14,7 +14,7 @@ import numpy as np
 from codesign.sim import reference as ref
 from codesign.sim.reference import IntType
 
-__all__ = ["reference_forward", "INT8", "UINT8", "INT16"]
+__all__ = ["reference_forward", "reference_embeddings", "INT8", "UINT8", "INT16"]
 
 INT8 = IntType(8, True)
 UINT8 = IntType(8, False)
@@ -78,6 +78,36 @@ def _layer(p: dict, x: np.ndarray, heads: int, tr: dict, pre: str) -> np.ndarray
     return y
 
 
+def reference_embeddings(params: dict, token_ids, token_type_ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """The host front of FQ-BERT: table gathers, two §7 adds to int16, §6 LayerNorm → int8.
+
+    ``params``: the full integer params (``config`` and ``embeddings`` are used).
+    Returns ``(sum, x)``: the int16 embedding sum and the int8 LayerNorm codes ``(B, T, H)``.
+    """
+    cfg = params["config"]
+    ids = np.asarray(token_ids)
+    if ids.ndim != 2 or ids.dtype.kind not in "iu":
+        raise ValueError(f"reference_forward: token_ids must be (B, T) integers, got {ids.shape} {ids.dtype}")
+    ids = ids.astype(np.int64)
+    T = ids.shape[1]
+    if not 1 <= T <= cfg["max_seq"] or (ids.size and (ids.min() < 0 or ids.max() >= cfg["vocab_size"])):
+        raise ValueError(f"reference_forward: sequence length {T} or token ids out of range "
+                         f"(T <= {cfg['max_seq']}, ids 0..{cfg['vocab_size'] - 1})")
+    types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
+    if types.shape != ids.shape or (types.size and (types.min() < 0 or types.max() >= cfg["type_vocab"])):
+        raise ValueError("reference_forward: token_type_ids must match token_ids' shape, values "
+                         f"0..{cfg['type_vocab'] - 1}")
+
+    emb = params["embeddings"]
+    wt = _wtype(emb["word"]["type"])
+    word = emb["word"]["codes"][ids]                    # (B, T, H) int4n
+    pos = emb["position"]["codes"][:T]                  # (T, H)
+    typ = emb["token_type"]["codes"][types]             # (B, T, H)
+    e = _add(emb["add_position"], word, pos, wt, wt)    # int16
+    e = _add(emb["add_type"], e, typ, INT16, _wtype(emb["token_type"]["type"]))
+    return e, _layernorm(emb["ln"], e)                  # int16, int8
+
+
 def reference_forward(params: dict, token_ids, token_type_ids=None,
                       trace: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Logits of FQ-BERT from its integer parameters: ``(codes, values)``.
@@ -89,23 +119,7 @@ def reference_forward(params: dict, token_ids, token_type_ids=None,
     """
     tr = trace if trace is not None else {}
     cfg = params["config"]
-    ids = np.asarray(token_ids)
-    if ids.ndim != 2 or ids.dtype.kind not in "iu":
-        raise ValueError(f"reference_forward: token_ids must be (B, T) integers, got {ids.shape} {ids.dtype}")
-    ids = ids.astype(np.int64)
-    T = ids.shape[1]
-    if not 1 <= T <= cfg["max_seq"] or ids.min() < 0 or ids.max() >= cfg["vocab_size"]:
-        raise ValueError("reference_forward: sequence length or token ids out of range")
-    types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
-
-    emb = params["embeddings"]
-    wt = _wtype(emb["word"]["type"])
-    word = emb["word"]["codes"][ids]                    # (B, T, H) int4n
-    pos = emb["position"]["codes"][:T]                  # (T, H)
-    typ = emb["token_type"]["codes"][types]             # (B, T, H)
-    e = _add(emb["add_position"], word, pos, wt, wt)    # int16
-    e = _add(emb["add_type"], e, typ, INT16, _wtype(emb["token_type"]["type"]))
-    x = _layernorm(emb["ln"], e)                        # int8
+    e, x = reference_embeddings(params, token_ids, token_type_ids)
     tr.update({"embeddings.sum": e, "embeddings": x})
 
     for i, lp in enumerate(params["layers"]):
