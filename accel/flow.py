@@ -354,7 +354,10 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
                 irm.save(ir, stage / "ir")
                 _write_model(cleanup_model(f.full), stage / "model.onnx")
                 if f.params is not None:
+                    from codesign.accel.host import HOST_DIR, write_fqbert_host
+
                     _write_model(cleanup_model(f.accel), stage / "accel.onnx")
+                    write_fqbert_host(f.params, stage / HOST_DIR)
                 state["ir"] = ir
                 return f"{len(ir.ops)} IR ops, {len(ir.constants)} constants -> ir/, model.onnx"
 
@@ -437,12 +440,19 @@ ENGINES = ("reference", "csim")
 
 
 def predict(build_dir: str | os.PathLike, x: np.ndarray, engine: str = "reference") -> dict[str, np.ndarray]:
-    """Run a built model on ``x`` (batch first): ``{onnx output name: float32 (dequantized)}``.
+    """Run a built model on ``x`` (batch first): ``{output name: dequantized outputs}``.
+
+    For a user's QONNX model ``x`` holds the graph input's float values and the result is
+    ``{onnx output name: float32}``. For a zoo model with host stages (``DIR/host``,
+    :mod:`codesign.accel.host`; FQ-BERT) ``x`` holds what the QONNX model takes, token ids
+    ``(batch, T)``, and the result is ``{"logits": float64}``: host front → IR → host back.
 
     ``engine="reference"`` runs the IR in ``build_dir/ir`` with the numpy reference;
-    ``"csim"`` runs the emitted HLS project's C++ (when the emitter offers it).
+    ``"csim"`` runs the emitted HLS project's C++ and returns its outputs only when they
+    equal the reference's for every sample.
     """
     from codesign.accel import ir as irm
+    from codesign.accel.host import HostError, load_host
     from codesign.sim.run_ir import run_reference
 
     d = Path(build_dir)
@@ -454,30 +464,42 @@ def predict(build_dir: str | os.PathLike, x: np.ndarray, engine: str = "referenc
     if len(ir.inputs) != 1:
         raise FlowError(f"the model has {len(ir.inputs)} inputs; predict takes one --input")
     b = ir.inputs[0]
-    want = ir.tensors[b.name].shape[1:]
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
         raise FlowError(f"input dtype {x.dtype} is not numeric")
+    try:
+        host = load_host(d)
+        if host is not None:
+            _, x = host.front(x)
+    except HostError as e:
+        raise FlowError(str(e)) from None
+    want = ir.tensors[b.name].shape[1:]
     if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != tuple(want):
         raise FlowError(f"input shape {tuple(x.shape)} does not match the model's (batch, "
                         f"{', '.join(map(str, want))})")
     x = x.astype(np.float32)
-    if engine == "reference":
+    if engine == "csim":
+        _predict_csim(d, ir, b, x)
+    if host is None:
         return run_reference(ir, {b.onnx_name: x})
-    return _predict_csim(d, ir, b, x)
+    # the exact int64 logit accumulators feed the host's float64 multiply
+    outs, env = run_reference(ir, {b.onnx_name: x}, trace=True)
+    (ob,) = [o for o in ir.outputs if o.onnx_name == host.codes_name]
+    deq = ir.producer(ob.name)
+    return {host.output: host.back(env[deq.inputs[0]])}
 
 
-def _predict_csim(d: Path, ir, b, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Run the build's HLS C++ (g++ C-simulation) on ``x``.
+def _predict_csim(d: Path, ir, b, x: np.ndarray) -> None:
+    """Run the build's HLS C++ (g++ C-simulation) on ``x`` (IR input values).
 
     The emitter's testbench reads its cases from ``golden/inputs.bin`` and checks every
     output code against ``golden/outputs.bin``; it does not write its outputs. So the
     project is re-emitted into a temporary folder with ``x`` as its golden inputs, its
     sources are checked byte for byte against ``DIR/hls`` (all but ``golden/`` and the README, which
     counts the cases: the
-    C++ that runs is the build's), and the testbench runs: the outputs are returned only
-    when the C++ produced exactly the reference's codes for every sample (else exit 1,
-    naming the first mismatch).
+    C++ that runs is the build's), and the testbench runs: it returns only when the C++
+    produced exactly the reference's codes for every sample (else exit 1, naming the
+    first mismatch), and the caller returns the reference's outputs.
     """
     import shutil
     import tempfile
@@ -508,4 +530,3 @@ def _predict_csim(d: Path, ir, b, x: np.ndarray) -> dict[str, np.ndarray]:
                                     f"case(s); first: {r.first_mismatch}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return run_reference(ir, {b.onnx_name: x})

@@ -207,15 +207,38 @@ def test_fqbert_build_end_to_end(tmp_path, capsys):
         assert figure in md, figure
     man = json.loads((out / "golden/golden.json").read_text())
     assert man["cases"] == flow.FQBERT_CASES and "tokens" in man["extra"]
-    # predict on the golden embeddings gives the golden logit codes
-    x = out / "golden" / "in_embeddings.npy"
+    # predict takes token ids (host front -> IR -> host back) and gives the logits of the
+    # whole cleaned QONNX graph under qonnx's execute_onnx, and the golden logits
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+
+    import codesign.accel.custom_ops  # noqa: F401  (registers the codesign domain)
+
+    tokens = np.load(out / "golden" / "tokens.npy")
+    rng = np.random.default_rng(5)
+    tokens = np.concatenate([tokens, rng.integers(0, 1000, size=(3, tokens.shape[1]))]).astype(np.int64)
+    x = tmp_path / "tokens.npy"
+    np.save(x, tokens)
     assert cli.main(["predict", str(out), "--input", str(x), "--output", str(tmp_path / "y.npy")]) == 0
-    assert np.array_equal(np.load(tmp_path / "y.npy"), np.load(out / "golden" / "out_logit_codes.npy"))
+    y = np.load(tmp_path / "y.npy")
+    assert y.dtype == np.float64 and y.shape == (len(tokens), 2)
+    assert np.array_equal(y[:flow.FQBERT_CASES], np.load(out / "golden" / "logits.npy"))
+    mw = ModelWrapper(str(out / "model.onnx"))
+    peer = np.concatenate([execute_onnx(mw, {mw.graph.input[0].name: tokens[i:i + 1]})[mw.graph.output[0].name]
+                           for i in range(len(tokens))])
+    assert np.array_equal(y, peer)
     if flow.hls_emitter() is not None:
         assert json.loads((out / "report.json").read_text())["csim"]["passed"] is True
         assert cli.main(["predict", str(out), "--input", str(x), "--output", str(tmp_path / "yc.npy"),
                          "--engine", "csim"]) == 0
-        assert np.array_equal(np.load(tmp_path / "yc.npy"), np.load(tmp_path / "y.npy"))
+        assert np.array_equal(np.load(tmp_path / "yc.npy"), y)
+    # token ids of the wrong length, out of the vocabulary, or floats: one line, exit 2
+    for bad, needle in ((tokens[:, :8], "token ids (batch, 16)"), (tokens + 1000, "outside 0..999"),
+                        (tokens.astype(np.float32), "token ids (batch, 16)")):
+        np.save(x, bad)
+        capsys.readouterr()
+        assert cli.main(["predict", str(out), "--input", str(x), "--output", str(tmp_path / "b.npy")]) == 2
+        assert needle in _one_error(capsys.readouterr().err)
     # same command again: byte-identical artefacts
     again = tmp_path / "fq2"
     assert cli.main(["build", "fqbert", "--board", "zcu102", "--out", str(again), "--no-csim"]) == 0
