@@ -688,7 +688,8 @@ def _tb_cpp(top: str, ins, outs) -> str:
          "// Reads weights.bin, golden/inputs.bin and golden/outputs.bin (format: README.md), calls the",
          "// top once per case, compares every output code with ==. Prints 'PASS n/n' or the first",
          "// mismatch, then 'RESULT cases=<n> mismatches=<m>'; exits 1 on any mismatch, 2 on an I/O error.",
-         "#include <stdint.h>", "#include <stdio.h>", "#include <string.h>", "#include <string>", "#include <vector>",
+         "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>", "#include <string.h>",
+         "#include <string>", "#include <vector>",
          "", f'#include "{top}.h"', "",
          "static bool read_file(const char* rel, std::vector<unsigned char>& out) {",
          "    // the project folder, or Vitis HLS's csim/build folder four levels below it",
@@ -746,7 +747,9 @@ def _tb_cpp(top: str, ins, outs) -> str:
          "    return data;",
          "}",
          "",
-         "int main() {",
+         "// Usage: tb [FIRST COUNT] runs golden cases FIRST .. FIRST+COUNT-1 (default: all), so",
+         "// that several processes can share the cases.",
+         "int main(int argc, char** argv) {",
          "    std::vector<unsigned char> weights, gin, gout;",
          '    if (!read_file("weights.bin", weights) || !read_file("golden/inputs.bin", gin) ||',
          '        !read_file("golden/outputs.bin", gout)) {',
@@ -765,11 +768,26 @@ def _tb_cpp(top: str, ins, outs) -> str:
           "    if (cases != cases_out) {",
           '        printf("ERROR: %u input cases but %u output cases\\n", cases, cases_out);',
           "        return 2;",
-          "    }"]
+          "    }",
+          "    uint32_t first = 0, last = cases;",
+          "    if (argc == 3) {",
+          "        first = (uint32_t)strtoul(argv[1], 0, 10);",
+          "        unsigned long count = strtoul(argv[2], 0, 10);",
+          "        if (first > cases || count > cases - first) {",
+          '            printf("ERROR: cases %s..+%s outside 0..%u\\n", argv[1], argv[2], cases);',
+          "            return 2;",
+          "        }",
+          "        last = first + (uint32_t)count;",
+          "    } else if (argc != 1) {",
+          '        printf("ERROR: usage: %s [FIRST COUNT]\\n", argv[0]);',
+          "        return 2;",
+          "    }",
+          f"    di += 8 * (size_t)first * ({' + '.join(str(p.buf.R * p.buf.C) for p in ins) or '0'});",
+          f"    dout += 8 * (size_t)first * ({' + '.join(str(p.buf.R * p.buf.C) for p in outs) or '0'});"]
     for p in ins + outs:
         L.append(f"    static {p.ctype} {p.name}[{p.buf.R * p.buf.C}];")
     L += ["    unsigned long long mismatches = 0;", "    uint32_t bad_cases = 0;",
-          "    for (uint32_t case_idx = 0; case_idx < cases; ++case_idx) {"]
+          "    for (uint32_t case_idx = first; case_idx < last; ++case_idx) {"]
     for p in ins:
         n = p.buf.R * p.buf.C
         L += [f"        for (uint32_t i = 0; i < {n}; ++i, di += 8) {p.name}[i] = ({p.ctype})rd_i64(gin, di);"]
@@ -790,12 +808,13 @@ def _tb_cpp(top: str, ins, outs) -> str:
               "            }",
               "        }"]
     L += ["        if (bad) ++bad_cases;", "    }",
+          "    const uint32_t ran = last - first;",
           "    if (mismatches == 0) {",
-          '        printf("PASS %u/%u\\n", cases, cases);',
+          '        printf("PASS %u/%u\\n", ran, ran);',
           "    } else {",
-          '        printf("FAIL %u/%u cases differ\\n", bad_cases, cases);',
+          '        printf("FAIL %u/%u cases differ\\n", bad_cases, ran);',
           "    }",
-          '    printf("RESULT cases=%u mismatches=%llu\\n", cases, mismatches);',
+          '    printf("RESULT cases=%u mismatches=%llu\\n", ran, mismatches);',
           "    return mismatches == 0 ? 0 : 1;",
           "}", ""]
     return "\n".join(L)
@@ -962,6 +981,7 @@ class CsimReport:
     first_mismatch: str | None
     seconds: float
     log: str = ""
+    executable: str = ""  # the compiled testbench (cached)
 
 
 def _find_top(project: Path) -> str:
@@ -971,8 +991,25 @@ def _find_top(project: Path) -> str:
     return tops[0]
 
 
-def run_project_csim(project_dir: Path) -> CsimReport:
-    """Compile the project's ``tb.cpp`` + top with g++ (cached by content) and run it."""
+def _golden_cases(project: Path) -> int | None:
+    """The case count in the header of ``golden/inputs.bin`` (None if unreadable)."""
+    try:
+        with open(project / "golden" / "inputs.bin", "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"CSGV":
+        return None
+    return struct.unpack("<I", head[8:12])[0]
+
+
+def run_project_csim(project_dir: Path, jobs: int | None = None) -> CsimReport:
+    """Compile the project's ``tb.cpp`` + top with g++ (cached by content) and run it.
+
+    The golden cases are shared among ``jobs`` testbench processes (default: one per
+    CPU, at most one per case), each running a contiguous range (``tb FIRST COUNT``); the
+    report adds them up, and its first mismatch is the lowest case's.
+    """
     t0 = time.monotonic()
     project = Path(project_dir).resolve()
     top = _find_top(project)
@@ -1001,14 +1038,37 @@ def run_project_csim(project_dir: Path) -> CsimReport:
             os.replace(tmp, exe)
         finally:
             Path(tmp).unlink(missing_ok=True)
-    proc = subprocess.run([str(exe)], cwd=project, capture_output=True, text=True, check=False)
-    log = proc.stdout + proc.stderr
-    m = re.search(r"^RESULT cases=(\d+) mismatches=(\d+)$", proc.stdout, re.M)
-    first = re.search(r"^MISMATCH (.*)$", proc.stdout, re.M)
-    if m is None:
-        err = re.search(r"^ERROR.*$", log, re.M)
-        return CsimReport(False, 0, 0, err.group(0) if err else f"testbench exited {proc.returncode}: {log[-500:]}",
-                          time.monotonic() - t0, log)
-    cases, mism = int(m.group(1)), int(m.group(2))
-    passed = proc.returncode == 0 and mism == 0
-    return CsimReport(passed, cases, mism, first.group(1) if first else None, time.monotonic() - t0, log)
+    total = _golden_cases(project)
+    if jobs is None:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = max(1, min(int(jobs), total or 1))
+    if total is None or jobs == 1:
+        ranges = [[]]
+    else:
+        step, extra = divmod(total, jobs)
+        ranges, first = [], 0
+        for j in range(jobs):
+            n = step + (j < extra)
+            ranges.append([str(first), str(n)])
+            first += n
+    procs = [subprocess.Popen([str(exe), *r], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in ranges]
+    results = [(p, *p.communicate()) for p in procs]
+    cases = mism = 0
+    first_mismatch = None
+    passed = True
+    log = ""
+    for p, out, err in results:
+        log += out + err
+        m = re.search(r"^RESULT cases=(\d+) mismatches=(\d+)$", out, re.M)
+        if m is None:
+            e = re.search(r"^ERROR.*$", out + err, re.M)
+            return CsimReport(False, 0, 0, e.group(0) if e else f"testbench exited {p.returncode}: {(out + err)[-500:]}",
+                              time.monotonic() - t0, log, str(exe))
+        cases += int(m.group(1))
+        mism += int(m.group(2))
+        passed = passed and p.returncode == 0 and int(m.group(2)) == 0
+        f = re.search(r"^MISMATCH (.*)$", out, re.M)
+        if f and first_mismatch is None:
+            first_mismatch = f.group(1)
+    return CsimReport(passed, cases, mism, first_mismatch, time.monotonic() - t0, log, str(exe))

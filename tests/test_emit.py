@@ -170,15 +170,32 @@ def test_corrupted_golden_is_reported(mlp_ir, tmp_path):
     b = bytearray(path.read_bytes())
     _, cases, n = struct.unpack_from("<III", b, 4)
     (count,) = struct.unpack_from("<I", b, 16)
-    k, i = 5, 3  # case 5, element 3
-    off = 16 + 4 * n + 8 * (k * count + i)
-    (v,) = struct.unpack_from("<q", b, off)
-    struct.pack_into("<q", b, off, v + 1)
+    for k, i in ((5, 3), (1, 0)):  # case 5 element 3, then case 1 element 0 (v: its value)
+        off = 16 + 4 * n + 8 * (k * count + i)
+        (v,) = struct.unpack_from("<q", b, off)
+        struct.pack_into("<q", b, off, v + 1)
     path.write_bytes(bytes(b))
-    rep = run_project_csim(d)
-    assert not rep.passed and rep.cases == cases and rep.mismatches == 1
     out = mlp_ir.producer(mlp_ir.outputs[0].name).inputs[0]
-    assert rep.first_mismatch == f"case {k} output {out} index {i}: expected {v + 1} got {v}"
+    # the cases shared among several testbench processes give the same report
+    for jobs in (1, 2, 3, cases + 4):
+        rep = run_project_csim(d, jobs=jobs)
+        assert not rep.passed and rep.cases == cases and rep.mismatches == 2, jobs
+        assert rep.first_mismatch == f"case 1 output {out} index 0: expected {v + 1} got {v}", jobs
+
+
+def test_testbench_case_range(mlp_ir, tmp_path):
+    """``tb FIRST COUNT`` runs a sub-range of the golden cases; bad ranges are refused."""
+    import subprocess
+
+    d = emit_project(mlp_ir, tmp_path / "p", BOARDS["zcu102"], 200.0,
+                     {mlp_ir.inputs[0].onnx_name: _x((16,), 5, 2.0)})
+    exe = run_project_csim(d).executable
+    for args, code, needle in ((["2", "3"], 0, "RESULT cases=3 mismatches=0"),
+                               (["0", "0"], 0, "RESULT cases=0 mismatches=0"),
+                               (["7", "99"], 2, "ERROR: cases 7..+99 outside"),
+                               (["1"], 2, "ERROR: usage:")):
+        r = subprocess.run([str(exe), *args], cwd=d, capture_output=True, text=True)
+        assert r.returncode == code and needle in r.stdout, (args, r.stdout)
 
 
 def test_emit_is_deterministic(tmp_path):

@@ -37,17 +37,28 @@ struct ProdBits {
 // One product a*w of two stored codes (§2), by operand kind.
 template <class A, class W, bool A_BIPOLAR = A::bipolar, bool W_BIPOLAR = W::bipolar>
 struct Mul {  // multi-bit x multi-bit: a DSP / LUT multiplier
+#ifdef __SYNTHESIS__
     typedef ap_int<ProdBits<A, W>::value> prod_t;
-    static prod_t prod(typename A::storage a, typename W::storage w) {
+#else
+    // C-simulation forms the same exact product in int (|a*w| <= 2^15 for codes of
+    // at most 8 bits): g++ runs ap_int's operator* and width conversions about 5x
+    // slower, and the accumulator below adds the identical integer either way.
+    typedef int prod_t;
+#endif
+    CODESIGN_ALWAYS_INLINE static prod_t prod(typename A::storage a, typename W::storage w) {
 #pragma HLS INLINE
+#ifdef __SYNTHESIS__
         return prod_t(A::value(a) * W::value(w));
+#else
+        return int(A::value(a)) * int(W::value(w));
+#endif
     }
 };
 
 template <class A, class W>
 struct Mul<A, W, false, true> {  // multi-bit activation x bipolar weight: b ? a : -a
     typedef ap_int<ProdBits<A, W>::value> prod_t;
-    static prod_t prod(typename A::storage a, typename W::storage w) {
+    CODESIGN_ALWAYS_INLINE static prod_t prod(typename A::storage a, typename W::storage w) {
 #pragma HLS INLINE
         const prod_t v = A::value(a);
         return w == 1 ? v : prod_t(-v);
@@ -57,7 +68,7 @@ struct Mul<A, W, false, true> {  // multi-bit activation x bipolar weight: b ? a
 template <class A, class W>
 struct Mul<A, W, true, false> {  // bipolar activation x multi-bit weight: b ? w : -w
     typedef ap_int<ProdBits<A, W>::value> prod_t;
-    static prod_t prod(typename A::storage a, typename W::storage w) {
+    CODESIGN_ALWAYS_INLINE static prod_t prod(typename A::storage a, typename W::storage w) {
 #pragma HLS INLINE
         const prod_t v = W::value(w);
         return a == 1 ? v : prod_t(-v);
@@ -67,7 +78,7 @@ struct Mul<A, W, true, false> {  // bipolar activation x multi-bit weight: b ? w
 template <class A, class W>
 struct Mul<A, W, true, true> {  // bipolar x bipolar: XNOR -> +1 / -1
     typedef ap_int<2> prod_t;
-    static prod_t prod(typename A::storage a, typename W::storage w) {
+    CODESIGN_ALWAYS_INLINE static prod_t prod(typename A::storage a, typename W::storage w) {
 #pragma HLS INLINE
         return a == w ? prod_t(1) : prod_t(-1);
     }

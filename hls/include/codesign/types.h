@@ -25,6 +25,14 @@ inline unsigned long long& csim_trips() {
 #define CODESIGN_TRIP() ((void)0)
 #endif
 
+// Small helpers that g++ must inline for C-simulation to run at a useful speed
+// (Vitis HLS inlines them through their INLINE pragmas anyway).
+#if defined(__GNUC__) && !defined(__SYNTHESIS__)
+#define CODESIGN_ALWAYS_INLINE __attribute__((always_inline)) inline
+#else
+#define CODESIGN_ALWAYS_INLINE inline
+#endif
+
 // ---------------------------------------------------------------------------
 // Code types (§0). IntT<BITS, SIGNED, NARROW> describes one integer code type:
 //   storage  the hardware word (ap_int / ap_uint; a bipolar value is one bit)
@@ -43,7 +51,7 @@ struct IntT {
     static const bool bipolar = false;
     static const long long LO = -(1LL << (BITS - 1)) + (NARROW ? 1 : 0);
     static const long long HI = (1LL << (BITS - 1)) - 1;
-    static value_t value(storage s) { return s; }
+    CODESIGN_ALWAYS_INLINE static value_t value(storage s) { return s; }
     static storage encode(value_t v) { return v; }
 };
 
@@ -57,7 +65,7 @@ struct IntT<BITS, false, NARROW> {
     static const bool bipolar = false;
     static const long long LO = 0;
     static const long long HI = (1LL << BITS) - 1 - (NARROW ? 1 : 0);
-    static value_t value(storage s) { return s; }
+    CODESIGN_ALWAYS_INLINE static value_t value(storage s) { return s; }
     static storage encode(value_t v) { return v; }
 };
 
@@ -70,7 +78,7 @@ struct IntT<1, true, NARROW> {  // bipolar
     static const bool bipolar = true;
     static const long long LO = -1;
     static const long long HI = 1;
-    static value_t value(storage s) { return s ? value_t(1) : value_t(-1); }
+    CODESIGN_ALWAYS_INLINE static value_t value(storage s) { return s ? value_t(1) : value_t(-1); }
     static storage encode(value_t v) { return v > 0 ? storage(1) : storage(0); }
 };
 
