@@ -172,6 +172,66 @@ def test_predict_csim_engine(mlp_build, tmp_path, capsys):
     assert np.array_equal(np.load(tmp_path / "ref.npy"), np.load(tmp_path / "csim.npy"))
 
 
+def _execute_onnx_batch(path: Path, x: np.ndarray) -> np.ndarray:
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.change_batchsize import ChangeBatchSize
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    m = ModelWrapper(str(path)).transform(ChangeBatchSize(len(x))).transform(InferShapes())
+    return execute_onnx(m, {m.graph.input[0].name: x})[m.graph.output[0].name]
+
+
+def _predict_both(build: Path, x: np.ndarray, tmp_path: Path) -> np.ndarray:
+    """``codesign predict`` with both engines; they must agree exactly."""
+    np.save(tmp_path / "x.npy", x)
+    ys = []
+    for engine in flow.ENGINES if flow.hls_emitter() is not None else ("reference",):
+        out = tmp_path / f"y_{engine}.npy"
+        assert cli.main(["predict", str(build), "--input", str(tmp_path / "x.npy"), "--output", str(out),
+                         "--engine", engine]) == 0
+        ys.append(np.load(out))
+    assert all(np.array_equal(y, ys[0]) for y in ys)
+    return ys[0]
+
+
+def test_bnn_build_predict_equals_execute_onnx(tmp_path, capsys):
+    """Bipolar weights and activations, BatchNorm folded into thresholds: ``==`` with qonnx."""
+    from codesign.quantize.examples import export_bnn
+
+    export_bnn(tmp_path / "bnn.onnx")
+    out = tmp_path / "bnn-zcu111"
+    assert cli.main(["build", str(tmp_path / "bnn.onnx"), "--board", "zcu111", "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["bit_widths"]["weights"] == {"1": 2} and "threshold" in rep["ops"]
+    x = (np.random.default_rng(3).standard_normal((40, 24)) * 2).astype(np.float32)
+    y = _predict_both(out, x, tmp_path)
+    ye = _execute_onnx_batch(tmp_path / "bnn.onnx", x)
+    assert y.shape == ye.shape == (40, 16)
+    assert np.array_equal(y, ye)
+    assert set(np.unique(y)) == {-1.0, 1.0}
+
+
+def test_float_scale_mlp_predict_within_one_lsb(tmp_path, capsys):
+    """Arbitrary float scales: at most 1 LSB of the output quantizer on at most 0.1% of the
+    outputs against qonnx's float32 execution; the count is printed, not hidden."""
+    from codesign.accel import ir as irm
+    from codesign.quantize.examples import export_mlp_float
+
+    export_mlp_float(tmp_path / "mlp.onnx")
+    out = tmp_path / "mlpf"
+    assert cli.main(["build", str(tmp_path / "mlp.onnx"), "--board", "zcu102", "--out", str(out)]) == 0
+    x = (np.random.default_rng(11).standard_normal((500, 16)) * 2).astype(np.float32)
+    y = _predict_both(out, x, tmp_path)
+    ye = _execute_onnx_batch(tmp_path / "mlp.onnx", x)
+    ir = irm.load(out / "ir")
+    s_out = np.float64(ir.tensors[ir.ops[-1].inputs[0]].scale.value)
+    lsb = np.abs(np.round(y / s_out) - np.round(ye / s_out))
+    n = int(np.count_nonzero(lsb))
+    print(f"float-scale MLP: {n} of {lsb.size} outputs differ by 1 LSB from execute_onnx")
+    assert lsb.max() <= 1 and n <= 0.001 * lsb.size
+
+
 def test_predict_bad_input_shape(mlp_build, tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((2, 15), np.float32))
     assert cli.main(["predict", str(mlp_build), "--input", str(tmp_path / "x.npy"),
