@@ -131,7 +131,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     try:
         res = flow.build(args.model, board, out=args.out, config=args.config, force=args.force,
-                         csim=not args.no_csim, seed=args.seed, clock_mhz=args.clock, progress=progress)
+                         csim=not args.no_csim, seed=args.seed, clock_mhz=args.clock, progress=progress,
+                         weights=args.weights)
     except flow.FlowError as exc:
         raise CliError(str(exc), exc.code) from None
     except _flow_errors() as exc:
@@ -139,6 +140,29 @@ def _cmd_build(args: argparse.Namespace) -> int:
     c = res.report["csim"]
     csim = f"csim skipped ({c['skipped']})" if c.get("skipped") else f"csim passed ({c['cases']} cases)"
     print(f"built {res.out}: {csim}; report: {res.out / 'report.md'}")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from codesign.accel import train_flow
+
+    def progress(msg: str) -> None:
+        print(msg, flush=True)
+
+    out = Path(args.out) if args.out else Path("build") / f"train-{args.model}-{args.config}"
+    try:
+        res = train_flow.train(args.model, args.config, out, force=args.force, seed=args.seed,
+                               epochs=args.epochs, qat_epochs=args.qat_epochs, steps=args.steps,
+                               train_size=args.train_size,
+                               threads=args.threads, progress=progress)
+    except train_flow.TrainError as exc:
+        raise CliError(str(exc), exc.code) from None
+    except _flow_errors() as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    print(res.summary)
+    print(f"wrote {out}: {', '.join(res.files)}")
     return EXIT_OK
 
 
@@ -221,7 +245,32 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     p_build.add_argument("--clock", type=float, default=214.0, metavar="MHZ",
                          help="target clock in MHz (default 214, FQ-BERT's)")
+    p_build.add_argument("--weights", metavar="CKPT",
+                         help="fqbert: a checkpoint written by 'codesign train' (model.pt) instead of "
+                              "the config's default weights")
     p_build.set_defaults(func=_cmd_build)
+
+    p_train = sub.add_parser(
+        "train",
+        help="train a zoo model (fp32 fine-tuning, then quantization-aware training)",
+        description=("fqbert --config tiny: fp32 fine-tuning then QAT on the offline synthetic sentiment task; "
+                     "reports fp32 vs W4A8 accuracy. fqbert --config minilm: the pretrained all-MiniLM-L6-v2 "
+                     "quantized and recovered by data-free distillation from its fp32 self; reports the "
+                     "cosine similarity of fp32 vs fully integer sentence embeddings. Writes train.json, "
+                     "train.md and model.pt (for 'codesign build fqbert --weights DIR/model.pt')."),
+    )
+    p_train.add_argument("model", metavar="MODEL", help=f"zoo model ({', '.join(MODELS)})")
+    p_train.add_argument("--config", default="tiny", metavar="CONFIG", help="tiny (default) or minilm")
+    p_train.add_argument("--out", metavar="DIR", help="output folder (default build/train-<model>-<config>)")
+    p_train.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p_train.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p_train.add_argument("--epochs", type=int, metavar="N", help="tiny: fp32 fine-tuning epochs")
+    p_train.add_argument("--qat-epochs", type=int, metavar="N", help="tiny: quantization-aware epochs")
+    p_train.add_argument("--train-size", type=int, metavar="N", help="tiny: training sentences (default 8000)")
+    p_train.add_argument("--steps", type=int, metavar="N", help="minilm: distillation steps")
+    p_train.add_argument("--threads", type=int, default=1, metavar="N",
+                         help="torch intra-op threads (default 1: fastest on a small shared machine)")
+    p_train.set_defaults(func=_cmd_train)
 
     p_pred = sub.add_parser(
         "predict",

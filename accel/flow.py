@@ -154,24 +154,68 @@ class _Front:
     config: str | None = None
 
 
-def _fqbert_front(config: str, seed: int) -> _Front:
+def _fqbert_model(config: str, seed: int, weights: str | os.PathLike | None):
+    """The eval FQBert to build and a description of its weights.
+
+    ``weights``: a ``codesign train`` checkpoint (its own calibrated scales). Otherwise
+    ``minilm`` loads the pretrained all-MiniLM-L6-v2 when the optional package is
+    installed, and every config falls back to seeded random weights; both are calibrated
+    on synthetic sentences.
+    """
     import torch
 
     from codesign.quantize.data import SyntheticSentiment
-    from codesign.quantize.export import build_qonnx
     from codesign.quantize.fqbert import FQBert, FQBertConfig
 
+    if weights is not None:
+        from codesign.quantize.train import load_checkpoint
+
+        p = Path(weights)
+        if not p.is_file():
+            raise FlowError(f"--weights '{p}' does not exist")
+        try:
+            model = load_checkpoint(p)
+        except Exception as e:  # a damaged or foreign file: one line, exit 2
+            raise FlowError(f"--weights '{p}' is not a checkpoint written by 'codesign train' "
+                            f"({type(e).__name__})") from None
+        shape = ("vocab_size", "hidden", "layers", "heads", "ffn", "max_seq", "type_vocab", "weight_bits")
+        want = FQBertConfig.preset(config).as_dict()
+        if any(model.cfg.as_dict()[k] != want[k] for k in shape):
+            raise FlowError(f"--weights '{p}' holds a model that is not the '{config}' config "
+                            f"({model.cfg.layers} layers, hidden {model.cfg.hidden}, seq {model.cfg.max_seq}); "
+                            f"pass the matching --config")
+        return model, f"weights from {p.name} (trained, calibrated)"
     torch.manual_seed(seed)
-    model = FQBert(FQBertConfig.preset(config))
+    model, what = None, "random weights"
+    if config == "minilm":
+        from codesign.quantize import minilm
+
+        try:
+            model, _ = minilm.load_minilm()
+            what = "pretrained all-MiniLM-L6-v2 weights"
+        except minilm.MiniLMUnavailable:
+            what = f"random weights (pretrained MiniLM not installed: {minilm.INSTALL_HINT})"
+    if model is None:
+        model = FQBert(FQBertConfig.preset(config))
     cfg = model.cfg
     ds = SyntheticSentiment(seq_len=cfg.max_seq, vocab_size=cfg.vocab_size)
     ids, _ = ds.sample(CALIB_BATCHES * CALIB_BATCH, seed=seed)
     model.calibrate([torch.from_numpy(ids[i:i + CALIB_BATCH]) for i in range(0, len(ids), CALIB_BATCH)])
+    return model, f"{what}, calibrated on {len(ids)} synthetic sentences"
+
+
+def _fqbert_front(config: str, seed: int, weights: str | os.PathLike | None = None) -> _Front:
+    from codesign.quantize.data import SyntheticSentiment
+    from codesign.quantize.export import build_qonnx
+
+    model, what = _fqbert_model(config, seed, weights)
+    cfg = model.cfg
+    ds = SyntheticSentiment(seq_len=cfg.max_seq, vocab_size=cfg.vocab_size)
     params = model.integer_params()
     full = build_qonnx(params)
     accel = _fqbert_accel_graph(full, params)
     summary = (f"FQ-BERT {config} ({cfg.layers} layers, hidden {cfg.hidden}, seq {cfg.max_seq}, "
-               f"{cfg.weight_bits}-bit weights), seed {seed}, calibrated on {len(ids)} synthetic sentences")
+               f"{cfg.weight_bits}-bit weights), seed {seed}, {what}")
     return _Front(full, accel, summary, params=params, dataset=ds, config=config)
 
 
@@ -301,7 +345,8 @@ def _golden(front: _Front, ir, seed: int, gdir: Path) -> tuple[dict, dict, dict,
 
 def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike | None = None,
           config: str = "tiny", force: bool = False, csim: bool = True, seed: int = 0,
-          clock_mhz: float = DEFAULT_CLOCK_MHZ, progress: Callable[[str], None] | None = None) -> BuildResult:
+          clock_mhz: float = DEFAULT_CLOCK_MHZ, progress: Callable[[str], None] | None = None,
+          weights: str | os.PathLike | None = None) -> BuildResult:
     """Build ``model`` (a zoo name or a ``.onnx`` path) for ``board`` into ``out``.
 
     Raises :class:`FlowError` (exit code in ``.code``) for bad arguments and failed
@@ -319,6 +364,8 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
     src = _source(model)
     if src.kind == "zoo" and config not in CONFIGS:
         raise FlowError(f"unknown config {config!r} (supported: {', '.join(CONFIGS)})")
+    if weights is not None and src.kind != "zoo":
+        raise FlowError("--weights applies to zoo models (fqbert); a QONNX file carries its own weights")
     if not (isinstance(clock_mhz, (int, float)) and 0 < clock_mhz < 1000):
         raise FlowError(f"clock {clock_mhz!r} MHz out of range (0, 1000)")
     out = Path(out) if out is not None else default_out(model, b)
@@ -336,7 +383,8 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
     try:
         with atomic_output_dir(out, force) as stage:
             def s_front():
-                state["front"] = f = _fqbert_front(config, seed) if src.kind == "zoo" else _file_front(src.path)
+                state["front"] = f = (_fqbert_front(config, seed, weights) if src.kind == "zoo"
+                                      else _file_front(src.path))
                 return f.summary
 
             step(1, "quantize" if src.kind == "zoo" else "import", s_front)
