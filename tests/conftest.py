@@ -20,6 +20,17 @@ settings.register_profile(
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# One torch intra-op thread per test process: the suite runs as `-n 2` xdist workers on
+# two cores, and two workers x two spinning torch threads each are several times slower
+# (and training paths are only reproducible at a fixed thread count).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a dependency
+    pass
+
 
 def pytest_sessionstart(session):
     """Under CI the C-simulation toolchain must be there: `make setup` installs it, so a
