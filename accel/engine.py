@@ -1,0 +1,947 @@
+"""Cost model of the FQ-BERT engine (cycles, resources, power) and its folding search.
+
+The engine is the one of [`docs/engine.md`](../docs/engine.md): ``P`` processing units
+(PUs) of ``N`` processing elements (PEs), each PE a bit-split inner product of ``M``
+multiplier lanes; ``P_dsp`` PUs build their multipliers from DSP48E2 slices (``packing``
+``"dsp1"``: one product per DSP, FQ-BERT's; ``"dsp2"``: two lanes that share their
+activation per DSP, §3) and ``P_lut`` PUs from LUTs. One softmax core per PU with ``L_sm``
+lanes, one LayerNorm core with ``L_ln`` lanes.
+
+* **Cycles** are exactly docs/engine.md §4: each formula is one small function below,
+  named after the quantity and tagged with its section (``linear_cycles``,
+  ``qk_head_cycles``, ...). The RTL (``sim/rtl``) implements the same formulas and its
+  testbenches compare cycle counts with them; ``D_PE_BASE``, ``D_SM`` and ``D_LN`` are
+  provisional pipeline depths to be reconciled with the RTL's parameters.
+* **Resources** are a sum of components (multipliers, adder trees, accumulators,
+  requantizers, GELU tables, softmax cores, LayerNorm core, weight and activation
+  buffers, control). Every coefficient is a named entry of ``COEFFS`` with a comment
+  saying where it comes from; a calibration against Yosys synthesis of the RTL overrides
+  them (``coefficients(**overrides)``, and the ``coeffs=`` argument of every function).
+* **Power** is the board model of ``codesign.accel.boards.PowerModel`` (static + dynamic
+  per resource, linear in the clock, + DDR traffic) with one global scale of the dynamic
+  part fitted to FQ-BERT's published board power (``fit_power_scale``).
+* **Latency** = cycles / clock at an *assumed* clock (the board's range, 200-300 MHz):
+  an estimate, labelled as such wherever it is reported (``ESTIMATE_LABEL``).
+
+Every formula accepts Python integers or numpy arrays (``ceil_div`` and ``np.maximum``
+work on both), so ``search`` evaluates the whole folding grid with the same functions
+that ``evaluate`` uses for one folding.
+
+Batch 1, one inference at a time; the host's embedding and classifier time (ARM) is not
+counted (docs/engine.md §4).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from codesign.accel.boards import Board, get_board
+
+__all__ = [
+    "D_PE_BASE", "D_SM", "D_LN", "SQRT_STEPS", "COEFFS", "coefficients", "ESTIMATE_LABEL",
+    "Workload", "Folding", "Res", "Estimate", "FoldingResult",
+    "ceil_div", "ceil_log2", "d_pe", "linear_tile_cycles", "linear_cycles", "tile_weight_bytes",
+    "load_cycles", "linear_cycles_with_memory", "qk_head_cycles", "pv_head_cycles", "attention_cycles",
+    "softmax_row_cycles", "softmax_cycles", "layernorm_row_cycles", "layernorm_cycles",
+    "memory_stall_cycles", "layer_cycles", "inference_cycles", "weight_bytes_per_inference",
+    "resources", "total_resources", "power_w", "fit_power_scale", "POWER_SCALE",
+    "evaluate", "search", "fqbert_folding", "calibrate_fqbert", "FQBERT_TABLE3", "GOALS_MS",
+]
+
+ESTIMATE_LABEL = ("cost model (docs/engine.md §4 cycles, accel/engine.py resources and power); "
+                  "latency at an assumed clock; calibrated against FQ-BERT's published Table III "
+                  "(bench/engine_fqbert.py); resource coefficients pending Yosys synthesis of the RTL")
+
+# ---------------------------------------------------------------------------------------
+# Pipeline constants of docs/engine.md §4 (provisional; the RTL states them as parameters)
+
+#: PE array depth without the adder tree: input register 1, product register 1, accumulate
+#: 1, requant 2 (sim/rtl/pe_array.v at the time of writing: ``D_PE = 5 + clog2(M)``, at
+#: least one tree level). ``D_pe = D_PE_BASE + max(1, ceil(log2 M))``; to be kept equal to
+#: the RTL's parameter (``codesign.sim.rtl.d_pe``) when the two are reconciled.
+D_PE_BASE = 5
+#: Softmax core depth per row beyond its three passes (§4). Provisional.
+D_SM = 4
+#: LayerNorm core depth per row beyond its three passes and the square root (§4). Provisional.
+D_LN = 6
+#: Steps of the digit-by-digit square root (docs/arithmetic.md §6 step 6: 32 iterations).
+SQRT_STEPS = 32
+#: Passes over a row: softmax (max, exp-sum, normalise), LayerNorm (sum, variance, normalise).
+SOFTMAX_PASSES = 3
+LAYERNORM_PASSES = 3
+#: LayerNorms per encoder layer (after attention, after the FFN).
+LAYERNORMS_PER_LAYER = 2
+
+#: Latency goals of the engine issue (BERT-base, seq 128, batch 1), ms.
+GOALS_MS = {"zcu102": 11.0, "zcu111": 6.5}
+
+
+# ---------------------------------------------------------------------------------------
+# integer helpers that work on ints and numpy arrays alike
+
+
+def ceil_div(a, b):
+    """``ceil(a / b)`` for non-negative integers (or integer arrays)."""
+    return -((-a) // b)
+
+
+def ceil_log2(x):
+    """``ceil(log2 x)`` for integers ``x >= 1`` (or integer arrays)."""
+    if isinstance(x, np.ndarray):
+        return np.ceil(np.log2(np.maximum(x, 1))).astype(np.int64)
+    return (int(x) - 1).bit_length()
+
+
+def _ceil(x):
+    """``ceil`` of a float (or array) to an integer (or int64 array)."""
+    if isinstance(x, np.ndarray):
+        return np.ceil(x - 1e-9).astype(np.int64)
+    return int(math.ceil(x - 1e-9))
+
+
+# ---------------------------------------------------------------------------------------
+# Workload and folding
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The encoder's shape: ``R`` rows (sequence length), hidden ``H``, heads, FFN width, layers."""
+
+    R: int
+    H: int
+    heads: int
+    ffn: int
+    layers: int
+
+    @property
+    def d(self) -> int:
+        """Head dimension."""
+        return self.H // self.heads
+
+    @property
+    def K_max(self) -> int:
+        """Longest reduction of a linear layer (FFN2's ``K = ffn``)."""
+        return max(self.H, self.ffn)
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """``{name: (K, Nout)}`` of the six linear layers of one encoder layer."""
+        H, F = self.H, self.ffn
+        return {"q": (H, H), "k": (H, H), "v": (H, H), "o": (H, H), "ffn1": (H, F), "ffn2": (F, H)}
+
+    def macs(self) -> int:
+        """Multiply-accumulates per inference (linears + Q·Kᵀ + P·V)."""
+        lin = sum(K * n for K, n in self.linears().values()) * self.R
+        att = 2 * self.heads * self.R * self.R * self.d
+        return self.layers * (lin + att)
+
+    @classmethod
+    def from_config(cls, cfg: Any, seq: int | None = None) -> "Workload":
+        """From a ``Workload``, an ``FQBertConfig``, its ``as_dict()`` (``params["config"]``) or a
+        preset name (``tiny``, ``minilm``, ``base``); ``seq`` overrides ``max_seq``."""
+        if isinstance(cfg, Workload):
+            return cfg if seq is None else replace(cfg, R=int(seq))
+        if isinstance(cfg, str):
+            if cfg not in PRESET_SHAPES:
+                raise ValueError(f"unknown config {cfg!r} ({', '.join(PRESET_SHAPES)})")
+            cfg = PRESET_SHAPES[cfg]
+        get = cfg.get if isinstance(cfg, Mapping) else (lambda k: getattr(cfg, k))
+        return cls(R=int(seq if seq is not None else get("max_seq")), H=int(get("hidden")),
+                   heads=int(get("heads")), ffn=int(get("ffn")), layers=int(get("layers")))
+
+
+#: Shapes of ``codesign.quantize.fqbert.PRESETS`` (copied so that this module does not import
+#: torch; tests/test_engine.py checks they agree).
+PRESET_SHAPES: dict[str, dict[str, int]] = {
+    "tiny": {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128, "max_seq": 16},
+    "minilm": {"hidden": 384, "layers": 6, "heads": 12, "ffn": 1536, "max_seq": 128},
+    "base": {"hidden": 768, "layers": 12, "heads": 12, "ffn": 3072, "max_seq": 128},
+}
+
+PACKINGS = ("dsp1", "dsp2", "lut")
+
+
+@dataclass(frozen=True)
+class Folding:
+    """One folding of the engine (docs/engine.md §1, §3).
+
+    ``P_dsp`` PUs with DSP multipliers packed as ``packing`` (``dsp1``/``dsp2``) and ``P_lut``
+    PUs of LUT multipliers, all with ``N`` PEs of ``M`` lanes; ``L_sm`` softmax lanes (one
+    core per PU), ``L_ln`` LayerNorm lanes (one core); ``clock_mhz`` the assumed clock. An
+    all-LUT folding has ``P_dsp = 0`` and ``packing = "lut"``.
+    """
+
+    P_dsp: int
+    P_lut: int
+    N: int
+    M: int
+    packing: str = "dsp2"
+    clock_mhz: float = 250.0
+    L_sm: int = 16
+    L_ln: int = 16
+
+    def __post_init__(self):
+        if self.packing not in PACKINGS:
+            raise ValueError(f"packing {self.packing!r} not in {PACKINGS}")
+        if self.packing == "lut" and self.P_dsp:
+            raise ValueError("packing 'lut' means P_dsp = 0 (put LUT PUs in P_lut)")
+        if min(self.P_dsp, self.P_lut) < 0 or self.P_dsp + self.P_lut < 1:
+            raise ValueError("need P_dsp, P_lut >= 0 and at least one PU")
+        if self.N < 1 or self.M < 2 or self.M % 2:
+            raise ValueError("need N >= 1 and an even M >= 2 (8x8 mode pairs lanes, §2)")
+        if self.packing == "dsp2" and self.P_dsp and self.N % 2:
+            raise ValueError("dsp2 packs lanes of PE pairs (2q, 2q+1): N must be even (§3)")
+        if min(self.L_sm, self.L_ln) < 1 or self.clock_mhz <= 0:
+            raise ValueError("need L_sm, L_ln >= 1 and a positive clock")
+
+    @property
+    def P(self) -> int:
+        return self.P_dsp + self.P_lut
+
+    @property
+    def G(self) -> int:
+        """PEs working on a linear layer's output channels: ``P·N`` (§1)."""
+        return self.P * self.N
+
+    @property
+    def dsp2(self) -> bool:
+        return self.packing == "dsp2"
+
+    @property
+    def lanes(self) -> int:
+        return self.G * self.M
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"P_dsp": self.P_dsp, "P_lut": self.P_lut, "N": self.N, "M": self.M, "packing": self.packing,
+                "clock_mhz": self.clock_mhz, "L_sm": self.L_sm, "L_ln": self.L_ln}
+
+
+def fqbert_folding(N: int, M: int, P: int = 12, clock_mhz: float = 214.0) -> Folding:
+    """FQ-BERT's own folding: ``P`` PUs of ``(N, M)``, one product per DSP, at 214 MHz.
+    The SIMD width of its softmax and LayerNorm cores is not published: we assume ``M``."""
+    return Folding(P_dsp=P, P_lut=0, N=N, M=M, packing="dsp1", clock_mhz=clock_mhz, L_sm=M, L_ln=M)
+
+
+# ---------------------------------------------------------------------------------------
+# Cycle model: docs/engine.md §4, one function per formula
+
+
+def d_pe(M):
+    """``D_pe`` (§4): the PE array's pipeline depth, ``D_PE_BASE + max(1, ceil(log2 M))``
+    (input and product registers, the adder tree's levels, accumulate, requant)."""
+    return D_PE_BASE + np.maximum(1, ceil_log2(M))
+
+
+def linear_tile_cycles(R, K, M):
+    """§4 ``C_tile = R · ceil(K / M)``: one tile of ``G`` output channels, II = 1."""
+    return R * ceil_div(K, M)
+
+
+def linear_cycles(R, K, Nout, G, M, D_pe):
+    """§4 ``C_lin = ceil(Nout / G) · R · ceil(K / M) + D_pe`` (8×4 linear layer, no DDR stalls)."""
+    return ceil_div(Nout, G) * linear_tile_cycles(R, K, M) + D_pe
+
+
+def tile_weight_bytes(K, G):
+    """§4 weight traffic of one tile: ``K·G`` nibbles plus ``4·G`` bias bytes."""
+    return ceil_div(K * G, 2) + 4 * G
+
+
+def load_cycles(nbytes, bytes_per_cycle):
+    """§4 ``ceil(bytes · f / BW)``: cycles to bring ``nbytes`` from DDR at ``BW/f`` bytes/cycle."""
+    return _ceil(nbytes / bytes_per_cycle)
+
+
+def linear_cycles_with_memory(R, K, Nout, G, M, D_pe, bytes_per_cycle):
+    """§4 with the double-buffered weight buffer: tile ``g+1`` loads while tile ``g``
+    computes, a tile takes ``max(C_tile, load)``, the first tile's load is exposed:
+    ``load + (T−1)·max(C_tile, load) + C_tile + D_pe`` for ``T = ceil(Nout/G)`` tiles."""
+    T = ceil_div(Nout, G)
+    C = linear_tile_cycles(R, K, M)
+    L = load_cycles(tile_weight_bytes(K, G), bytes_per_cycle)
+    return L + (T - 1) * np.maximum(C, L) + C + D_pe
+
+
+def qk_head_cycles(R, d, N, M):
+    """§4 Q·Kᵀ of one head on one PU (8×8 mode): ``R · ceil(R / N) · ceil(2d / M)``."""
+    return R * ceil_div(R, N) * ceil_div(2 * d, M)
+
+
+def pv_head_cycles(R, d, N, M):
+    """§4 P·V of one head on one PU (8×8 mode): ``R · ceil(d / N) · ceil(2R / M)``."""
+    return R * ceil_div(d, N) * ceil_div(2 * R, M)
+
+
+def attention_cycles(R, d, heads, P, N, M):
+    """§4 per layer: ``ceil(heads / P)`` rounds of Q·Kᵀ and P·V (head ``h`` on PU ``h mod P``)."""
+    return ceil_div(heads, P) * (qk_head_cycles(R, d, N, M) + pv_head_cycles(R, d, N, M))
+
+
+def softmax_row_cycles(R, L_sm, D_sm=None):
+    """§4 one softmax row of ``R`` scores: ``3 · ceil(R / L_sm) + D_sm`` (the reciprocal's
+    32-step divider overlaps the next row's exp-sum pass). ``D_sm`` defaults to ``D_SM``."""
+    D_sm = D_SM if D_sm is None else D_sm
+    return SOFTMAX_PASSES * ceil_div(R, L_sm) + D_sm
+
+
+def softmax_cycles(R, heads, P, L_sm, D_sm=None):
+    """§4 per layer: ``heads · R`` rows over the ``P`` cores (one per PU). Rows stay on the PU
+    that computed their head (head ``h`` on PU ``h mod P``), so a core does
+    ``ceil(heads / P) · R`` rows (= ``heads·R/P`` when ``P`` divides ``heads``)."""
+    return ceil_div(heads, P) * R * softmax_row_cycles(R, L_sm, D_sm)
+
+
+def layernorm_row_cycles(H, L_ln, D_ln=None):
+    """§4 one LayerNorm row: ``3 · ceil(H / L_ln) + 32 + D_ln`` (sum, variance, normalise;
+    32-step square root). ``D_ln`` defaults to ``D_LN``."""
+    D_ln = D_LN if D_ln is None else D_ln
+    return LAYERNORM_PASSES * ceil_div(H, L_ln) + SQRT_STEPS + D_ln
+
+
+def layernorm_cycles(R, H, L_ln, D_ln=None):
+    """§4 per layer: ``2 · R`` rows (after attention, after the FFN) on the one core."""
+    return LAYERNORMS_PER_LAYER * R * layernorm_row_cycles(H, L_ln, D_ln)
+
+
+def _bytes_per_cycle(board: Board, clock_mhz: float) -> float:
+    """DDR bytes per engine cycle: ``BW / f``."""
+    return board.ddr_gbps * 1e9 / (float(clock_mhz) * 1e6)
+
+
+def memory_stall_cycles(work: Workload, fold, bytes_per_cycle):
+    """What the weight loads add to one layer's six linears (§4): ``linear_cycles_with_memory``
+    minus ``linear_cycles``, summed."""
+    R, M, G = work.R, fold.M, fold.G
+    dp = d_pe(M)
+    return sum(linear_cycles_with_memory(R, K, Nout, G, M, dp, bytes_per_cycle) - linear_cycles(R, K, Nout, G, M, dp)
+               for K, Nout in work.linears().values())
+
+
+def layer_cycles(work: Workload, fold, board: Board | None = None) -> dict[str, Any]:
+    """Cycles of one encoder layer, by part (§4). ``board`` gives the DDR bandwidth for the
+    weight-traffic stalls (``None``: no stalls). Keys: the six linears (compute, with
+    ``D_pe``), ``attention_qk``, ``attention_pv``, ``softmax``, ``layernorm``,
+    ``memory_stall`` (what the weight loads add to the linears), ``total``."""
+    R, P, N, M, G = work.R, fold.P, fold.N, fold.M, fold.G
+    dp = d_pe(M)
+    parts: dict[str, Any] = {name: linear_cycles(R, K, Nout, G, M, dp) for name, (K, Nout) in work.linears().items()}
+    rounds = ceil_div(work.heads, P)
+    parts["attention_qk"] = rounds * qk_head_cycles(R, work.d, N, M)
+    parts["attention_pv"] = rounds * pv_head_cycles(R, work.d, N, M)
+    parts["softmax"] = softmax_cycles(R, work.heads, P, fold.L_sm)
+    parts["layernorm"] = layernorm_cycles(R, work.H, fold.L_ln)
+    parts["memory_stall"] = (memory_stall_cycles(work, fold, _bytes_per_cycle(board, fold.clock_mhz))
+                             if board is not None else 0)
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def inference_cycles(work: Workload, fold, board: Board | None = None):
+    """§4 per inference: ``layers ·`` per layer (host embeddings and classifier not counted)."""
+    return work.layers * layer_cycles(work, fold, board)["total"]
+
+
+def weight_bytes_per_inference(work: Workload, G) -> Any:
+    """DDR bytes of one inference: every tile of every linear of every layer, once (batch 1)."""
+    per_layer = sum(ceil_div(Nout, G) * tile_weight_bytes(K, G) for K, Nout in work.linears().values())
+    return work.layers * per_layer
+
+
+# ---------------------------------------------------------------------------------------
+# Resource model
+
+
+def finn_lut_mult(W: int, A: int) -> int:
+    """FINN-R's LUT estimate of one ``W×A``-bit LUT multiplier: ``(2⌈(W+A)/6⌉ − 1)·(W+A)``."""
+    return (2 * ceil_div(W + A, 6) - 1) * (W + A)
+
+
+#: Resource coefficients. Each is a starting value with its source; a calibration against
+#: Yosys synthesis of ``sim/rtl`` (or Vivado reports) overrides them through
+#: ``coefficients(**overrides)`` / the ``coeffs=`` argument. Units: per element named.
+COEFFS: dict[str, float] = {
+    # --- multiplier lanes (docs/engine.md §2, §3)
+    # 8x4 LUT multiplier: FINN-R's formula for W=4, A=8 (36 LUTs); the signed/unsigned
+    # operand extension to 9x5 bits is in lane_operand_lut.
+    "lut_mult_lane_lut": finn_lut_mult(4, 8),
+    # per LUT lane: 5-bit weight operand register + 13-bit product register
+    "lut_mult_lane_ff": 18,
+    # per lane (all packings): signedness extension of the nibble (w_signed, hi/lo select)
+    "lane_operand_lut": 2,
+    # dsp2 (§3): per DSP, recover hi = (P - sign_extend(P[17:0])) >> 18: a 13-bit increment
+    # by lo's sign bit, registered; the packed operand w0 + w1·2^18 uses the DSP pre-adder.
+    "dsp2_unpack_lut": 13,
+    "dsp2_unpack_ff": 13,
+    # --- adder tree per PE: M leaves of 13-bit products; the first level adds a lane pair
+    # (hi shifted by 4 in 8x8 mode, §2) into 18 bits, each level one bit wider; one LUT and
+    # one FF (pipelined levels) per sum bit on the carry chain.
+    "tree_first_width": 18,
+    "tree_lut_per_bit": 1.0,
+    "tree_ff_per_bit": 1.0,
+    # 8x4/8x8 mode select of the shifted lane per lane pair (2:1 mux, 17 bits, dual LUT6)
+    "tree_mode_mux_lut_per_pair": 9,
+    # --- accumulator per PE (§2): ACC_BITS=32 adder + bias-load/bank mux; two banks + output reg
+    "acc_lut": 48,
+    "acc_ff": 96,
+    # --- requantizer per PE (docs/arithmetic.md §3): acc (32 bit) x M (16 bit) does not fit
+    # one DSP48E2 (27x18), so two DSPs (17/15-bit split of acc, summed on the cascade); LUTs:
+    # rounding add (48) + barrel shift by sh in [1, 62] (48 -> 16 bits, ~144) + saturation (16).
+    "requant_dsp": 2,
+    "requant_lut": 208,
+    "requant_ff": 160,
+    # bias (32) + M (16) + sh (6) of the PE's channel, double-buffered with the weight tile
+    "chan_param_ff": 108,
+    # --- GELU (§4 LUT) at each PE output of a PU: 256x8 ROM in distributed RAM (8 bits x
+    # 4 LUT6 + F7/F8 muxes) + bypass mux
+    "gelu_port_lut": 40,
+    "gelu_port_ff": 8,
+    # --- softmax core (docs/arithmetic.md §5), one per PU, per lane: k = mx - x (8),
+    # exp ROM 256x8 (32), max compare-select (16), round/clamp of e·R >> 24 (12); the
+    # product e (8 bit) x R (33 bit) as e·R_h on one DSP48E2 (R_h = R >> 9, 24 bits) plus
+    # e·R_l (8x9 LUT multiplier, FINN-R formula: 85) and their 32-bit sum (32)
+    "sm_lane_lut": 68 + finn_lut_mult(8, 9) + 32,
+    "sm_lane_ff": 80,
+    "sm_lane_dsp": 1,
+    # per core: 32-step radix-2 divider for R = floor(2^32/S) (33-bit subtract + select, 66),
+    # 32-bit sum accumulator (32), row control (120)
+    "sm_core_lut": 218,
+    "sm_core_ff": 231,
+    # --- LayerNorm core (docs/arithmetic.md §6, §7), per lane
+    # residual add a·M_a + b·M_b (§7): two DSPs (16x24 each), add + round + shift + saturate
+    "ln_residual_dsp": 2,
+    "ln_residual_lut": 176,
+    # d = x - mu (17), d^2 (1 DSP, 17x17), z·G (1 DSP, 24x16) + B, rshr by S, saturate (168)
+    "ln_lane_dsp": 2,
+    "ln_lane_lut": 185,
+    "ln_lane_ff": 200,
+    # per-element divider z = floor((d·2^25 + sigma) / (2·sigma)) (§6 step 7): pipelined
+    # restoring divider, |z| < 2^23 -> 24 quotient stages, each a 34-bit subtract/select;
+    # FFs per stage: partial remainder (34), divisor (33), quotient/numerator bits (24)
+    "ln_div_stages": 24,
+    "ln_div_stage_lut": 35,
+    "ln_div_stage_ff": 91,
+    # per core: sum/SS accumulators (112), 32-step isqrt of a 62-bit value (130), the two
+    # divisions by the constant H per row (mu, v: multiply by a reciprocal, 12 DSPs + 280
+    # LUTs of glue), control (200)
+    "ln_core_lut": 722,
+    "ln_core_ff": 1000,
+    "ln_core_dsp": 12,
+    # --- memories
+    # LUTRAM (RAM64M: 4 LUTs = 64 x 3 bits simple dual port) for shallow, small buffers
+    "lutram_max_depth": 64,
+    "lutram_max_bits": 8192,
+    # --- control: AXI4 master (weight DMA) + AXI4-Lite registers + layer sequencer;
+    # FIFOs in 4 RAMB36 (8 RAMB18). Typical AXI DataMover + SmartConnect sizes.
+    "ctrl_lut": 6000,
+    "ctrl_ff": 9000,
+    "ctrl_bram18": 8,
+    # per PU: tile/row sequencing, PE enables, output collection
+    "pu_ctrl_lut": 250,
+    "pu_ctrl_ff": 300,
+    # per PU: two register stages of the broadcast activation row (M codes x 8 bits)
+    "bcast_stages": 2,
+}
+
+
+def coefficients(**overrides: float) -> dict[str, float]:
+    """``COEFFS`` with ``overrides`` (e.g. from a Yosys calibration); unknown names are an error."""
+    unknown = set(overrides) - set(COEFFS)
+    if unknown:
+        raise KeyError(f"unknown cost-model coefficients: {sorted(unknown)}")
+    return {**COEFFS, **overrides}
+
+
+@dataclass
+class Res:
+    """LUT, FF, DSP48E2, RAMB18 and URAM288 counts (numbers or numpy arrays)."""
+
+    lut: Any = 0
+    ff: Any = 0
+    dsp: Any = 0
+    bram18: Any = 0
+    uram: Any = 0
+
+    KEYS = ("lut", "ff", "dsp", "bram18", "uram")
+
+    def __add__(self, o: "Res") -> "Res":
+        return Res(*(getattr(self, k) + getattr(o, k) for k in self.KEYS))
+
+    def __radd__(self, o) -> "Res":  # sum() starts from 0
+        return self if isinstance(o, int) and o == 0 else self.__add__(o)
+
+    def __mul__(self, s) -> "Res":
+        return Res(*(getattr(self, k) * s for k in self.KEYS))
+
+    __rmul__ = __mul__
+
+    def rounded(self) -> dict[str, Any]:
+        """``{key: integer count}`` (fractions rounded up)."""
+        return {k: _ceil(getattr(self, k) * 1.0) for k in self.KEYS}
+
+
+def _where(cond, a: Res, b: Res) -> Res:
+    return Res(*(np.where(cond, getattr(a, k), getattr(b, k)) for k in Res.KEYS))
+
+
+#: RAMB18 aspect ratios (depth, width): true dual port up to 1K x 18, simple dual port 512 x 36.
+BRAM18_MODES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+
+
+def bram18_count(depth, width):
+    """RAMB18s for a ``depth x width`` memory: the best aspect ratio,
+    ``min over modes of ceil(depth/d)·ceil(width/w)`` (FINN uses the 1K x 18 mode only)."""
+    return np.minimum.reduce([ceil_div(depth, d) * ceil_div(width, w) for d, w in BRAM18_MODES]) \
+        if isinstance(depth, np.ndarray) or isinstance(width, np.ndarray) else \
+        min(ceil_div(depth, d) * ceil_div(width, w) for d, w in BRAM18_MODES)
+
+
+def uram_count(depth, width):
+    """URAM288s (4K x 72) for a ``depth x width`` memory: ``ceil(depth/4096)·ceil(width/72)``."""
+    return ceil_div(depth, 4096) * ceil_div(width, 72)
+
+
+def lutram_luts(depth, width):
+    """LUTs of a LUTRAM ``depth x width`` (RAM64M: 4 LUTs per 64 x 3 bits)."""
+    return ceil_div(depth, 64) * ceil_div(width, 3) * 4
+
+
+def ram(depth, width, c: Mapping[str, float]) -> Res:
+    """One simple-dual-port memory: LUTRAM when shallow and small, else RAMB18."""
+    small = (depth <= c["lutram_max_depth"]) & (depth * width <= c["lutram_max_bits"])
+    return _where(small, Res(lut=lutram_luts(depth, width)), Res(bram18=bram18_count(depth, width)))
+
+
+def adder_tree_luts(n, first_width, c: Mapping[str, float]):
+    """LUTs of a pipelined adder tree over ``n`` inputs: ``n−1`` adders, the first level
+    ``first_width`` bits, one bit more per level: ``(n−1)(w1−1) + 2n − k − 2`` sum bits for
+    ``n = 2^k`` (exact for powers of two, an estimate otherwise)."""
+    k = ceil_log2(n)
+    bits = (n - 1) * (first_width - 1) + 2 * n - k - 2
+    return np.maximum(bits, 0) * c["tree_lut_per_bit"]
+
+
+# --- components (each returns a Res; arguments are ints or arrays)
+
+
+def multipliers(n_pes_dsp, n_pes_lut, M, dsp2, c: Mapping[str, float]) -> Res:
+    """The multiplier lanes: ``n_pes_dsp`` PEs on DSPs (``dsp2``: one DSP per two lanes that
+    share an activation, §3; else one per lane) and ``n_pes_lut`` PEs of LUT multipliers."""
+    dsp_lanes, lut_lanes = n_pes_dsp * M, n_pes_lut * M
+    n_dsp = np.where(dsp2, dsp_lanes / 2, dsp_lanes)
+    unpack = np.where(dsp2, n_dsp, 0)
+    return Res(lut=(dsp_lanes + lut_lanes) * c["lane_operand_lut"] + unpack * c["dsp2_unpack_lut"]
+               + lut_lanes * c["lut_mult_lane_lut"],
+               ff=unpack * c["dsp2_unpack_ff"] + lut_lanes * c["lut_mult_lane_ff"],
+               dsp=n_dsp)
+
+
+def adder_trees(n_pes, M, c: Mapping[str, float]) -> Res:
+    """One adder tree per PE over its ``M`` lane products (+ the 8x4/8x8 mode select)."""
+    tree = adder_tree_luts(M, c["tree_first_width"], c)
+    return Res(lut=n_pes * (tree + (M // 2) * c["tree_mode_mux_lut_per_pair"]),
+               ff=n_pes * tree * (c["tree_ff_per_bit"] / c["tree_lut_per_bit"]))
+
+
+def accumulators(n_pes, c: Mapping[str, float]) -> Res:
+    """Double-buffered 32-bit accumulators, one per PE (§2)."""
+    return Res(lut=n_pes * c["acc_lut"], ff=n_pes * c["acc_ff"])
+
+
+def requantizers(n_pes, c: Mapping[str, float]) -> Res:
+    """One requantizer per PE (32x16 multiply, round, shift, saturate) + its channel's
+    bias/M/sh registers."""
+    return Res(lut=n_pes * c["requant_lut"], ff=n_pes * (c["requant_ff"] + c["chan_param_ff"]),
+               dsp=n_pes * c["requant_dsp"])
+
+
+def gelu_tables(P, N, c: Mapping[str, float]) -> Res:
+    """The GELU table of each PU, one read port per PE output."""
+    return Res(lut=P * N * c["gelu_port_lut"], ff=P * N * c["gelu_port_ff"])
+
+
+def softmax_cores(P, L_sm, R, c: Mapping[str, float]) -> Res:
+    """One softmax core per PU with ``L_sm`` lanes; its row buffer holds the scores and the
+    exps of two rows (``4·R`` bytes) for the overlapped divider."""
+    core = Res(lut=L_sm * c["sm_lane_lut"] + adder_tree_luts(L_sm, 9, c) + c["sm_core_lut"],
+               ff=L_sm * c["sm_lane_ff"] + adder_tree_luts(L_sm, 9, c) + c["sm_core_ff"],
+               dsp=L_sm * c["sm_lane_dsp"])
+    buf = ram(ceil_div(4 * R, L_sm), 8 * L_sm, c)
+    return (core + buf) * P
+
+
+def layernorm_core(L_ln, H, c: Mapping[str, float]) -> Res:
+    """The LayerNorm core with ``L_ln`` lanes (residual add, mean, variance, isqrt, per-element
+    divider, affine); its buffers hold two 16-bit rows and the layer's G/B parameters."""
+    div_lut = c["ln_div_stages"] * c["ln_div_stage_lut"]
+    div_ff = c["ln_div_stages"] * c["ln_div_stage_ff"]
+    trees = adder_tree_luts(L_ln, 17, c) + adder_tree_luts(L_ln, 34, c)
+    lanes = Res(lut=L_ln * (c["ln_residual_lut"] + c["ln_lane_lut"] + div_lut) + trees,
+                ff=L_ln * (c["ln_lane_ff"] + div_ff) + trees,
+                dsp=L_ln * (c["ln_residual_dsp"] + c["ln_lane_dsp"]))
+    core = Res(lut=c["ln_core_lut"], ff=c["ln_core_ff"], dsp=c["ln_core_dsp"])
+    rows = ram(ceil_div(2 * H, L_ln), 16 * L_ln, c)
+    params = ram(ceil_div(2 * H, L_ln), 48 * L_ln, c)
+    return lanes + core + rows + params
+
+
+def weight_buffer(P, N, M, K_max, c: Mapping[str, float]) -> Res:
+    """Double-buffered weight buffer (§4): per PU ``2·ceil(K_max/M)`` words of ``N·M``
+    nibbles (all PEs read the same address each cycle), i.e. ``2·K_max·G·4`` bits in all.
+    During attention it holds the heads' K and V codes (the 8x8 mode's "weights", §2),
+    which fit: a PE needs ``ceil(R/N)·d`` or ``ceil(d/N)·R`` bytes, its share is ``K_max``."""
+    return ram(2 * ceil_div(K_max, M), 4 * N * M, c) * P
+
+
+def activation_bytes(work: Workload) -> int:
+    """Bytes of live activations: during attention the layer input (kept for the residual),
+    Q, K, V and the context (``5·R·H``); during the FFN the LayerNorm output (residual), the
+    FFN1 output and the FFN2 output (``R·(2H + ffn)``). int8 codes."""
+    return work.R * max(5 * work.H, 2 * work.H + work.ffn)
+
+
+def activation_buffer(work: Workload, M, uram_budget, c: Mapping[str, float]) -> Res:
+    """The activation memory, read ``M`` codes per cycle by the PE array: URAM288 when the
+    board has enough (``uram_budget``), else RAMB18."""
+    nbytes = activation_bytes(work)
+    depth, width = ceil_div(nbytes, M), 8 * M
+    n_uram = uram_count(depth, width)
+    return _where(n_uram <= uram_budget, Res(uram=n_uram), Res(bram18=bram18_count(depth, width)))
+
+
+def control(P, M, c: Mapping[str, float]) -> Res:
+    """AXI/DMA/sequencer (fixed) + per-PU control and activation broadcast registers."""
+    return Res(lut=c["ctrl_lut"] + P * c["pu_ctrl_lut"],
+               ff=c["ctrl_ff"] + P * (c["pu_ctrl_ff"] + c["bcast_stages"] * 8 * M),
+               bram18=c["ctrl_bram18"])
+
+
+def resources(work: Workload, fold, board: Board, coeffs: Mapping[str, float] | None = None,
+              limit: float = 0.85) -> dict[str, Res]:
+    """Resources of ``fold`` by component (``Res`` of floats or arrays)."""
+    c = COEFFS if coeffs is None else coeffs
+    P, N, M = fold.P, fold.N, fold.M
+    n_dsp, n_lut = fold.P_dsp * N, fold.P_lut * N
+    G = n_dsp + n_lut
+    return {
+        "multipliers": multipliers(n_dsp, n_lut, M, fold.dsp2, c),
+        "adder_trees": adder_trees(G, M, c),
+        "accumulators": accumulators(G, c),
+        "requantizers": requantizers(G, c),
+        "gelu": gelu_tables(P, N, c),
+        "softmax": softmax_cores(P, fold.L_sm, work.R, c),
+        "layernorm": layernorm_core(fold.L_ln, work.H, c),
+        "weight_buffer": weight_buffer(P, N, M, work.K_max, c),
+        "activation_buffer": activation_buffer(work, M, math.floor(limit * board.uram), c),
+        "control": control(P, M, c),
+    }
+
+
+def total_resources(components: Mapping[str, Res]) -> dict[str, Any]:
+    """Sum of the components, rounded up to integer counts."""
+    return sum(components.values(), Res()).rounded()
+
+
+# ---------------------------------------------------------------------------------------
+# Power
+
+
+def power_w(board: Board, totals: Mapping[str, Any], clock_mhz, ddr_gbps=0.0, scale: float | None = None):
+    """Board power (W): the board's static power + ``scale`` x dynamic (per resource, linear
+    in the clock, + DDR traffic). ``scale`` defaults to the fit to FQ-BERT (``POWER_SCALE``)."""
+    pm = board.power
+    if pm is None:
+        raise ValueError(f"board {board.name} has no power model")
+    k = POWER_SCALE if scale is None else scale
+    return pm.static_w + k * pm.dynamic_w(totals, clock_mhz, ddr_gbps)
+
+
+#: FQ-BERT's published implementations (Liu et al., DATE 2021, Table III and IV), BERT-base,
+#: seq 128, 12 PUs, 214 MHz. ZCU111's URAM count is not reported (``None``; 0 in the power fit).
+FQBERT_TABLE3: tuple[dict[str, Any], ...] = (
+    {"board": "zcu102", "N": 8, "M": 16, "bram18": 838, "dsp": 1751, "ff": 124_433, "lut": 123_157,
+     "uram": 0, "latency_ms": 43.89, "power_w": 9.8, "fps_per_w": 2.32},
+    {"board": "zcu102", "N": 16, "M": 8, "bram18": 877, "dsp": 1671, "ff": 151_010, "lut": 154_192,
+     "uram": 0, "latency_ms": 45.35, "power_w": None, "fps_per_w": None},
+    {"board": "zcu111", "N": 16, "M": 16, "bram18": 679, "dsp": 3287, "ff": 201_469, "lut": 189_724,
+     "uram": None, "latency_ms": 23.79, "power_w": 13.2, "fps_per_w": 3.18},
+)
+FQBERT_CLOCK_MHZ = 214.0
+
+
+def fit_power_scale() -> dict[str, Any]:
+    """Fit the one free parameter of the power model: a global scale ``k`` of the dynamic
+    part (the per-resource coefficients and the static split are the boards' stated typical
+    values). Least squares over FQ-BERT's two published board powers, each computed from its
+    own Table III resources at 214 MHz and its DDR traffic (BERT-base weights once per
+    inference over the published latency). Returns ``k`` and the residuals (W)."""
+    work = Workload.from_config("base")
+    rows = [r for r in FQBERT_TABLE3 if r["power_w"] is not None]
+    static, dyn, meas = [], [], []
+    for r in rows:
+        b = get_board(r["board"])
+        gbps = weight_bytes_per_inference(work, 12 * r["N"]) / (r["latency_ms"] * 1e-3) / 1e9
+        static.append(b.power.static_w)
+        dyn.append(b.power.dynamic_w({k: r[k] or 0 for k in Res.KEYS}, FQBERT_CLOCK_MHZ, gbps))
+        meas.append(r["power_w"])
+    s, d, m = map(np.asarray, (static, dyn, meas))
+    k = float(np.dot(d, m - s) / np.dot(d, d))
+    fitted = s + k * d
+    return {"scale": k, "rows": [
+        {"board": r["board"], "N": r["N"], "M": r["M"], "published_w": r["power_w"], "static_w": float(si),
+         "dynamic_w": float(k * di), "model_w": float(fi), "residual_w": float(r["power_w"] - fi)}
+        for r, si, di, fi in zip(rows, s, d, fitted)]}
+
+
+POWER_SCALE: float = fit_power_scale()["scale"]
+
+
+# ---------------------------------------------------------------------------------------
+# One folding
+
+
+@dataclass
+class Estimate:
+    """The cost model's figures for one folding on one board (all estimates)."""
+
+    folding: Folding
+    workload: Workload
+    board: str
+    cycles: dict[str, Any]  # {"per_layer": {part: cycles}, "per_inference": int}
+    latency_ms: float
+    fps: float
+    resources: dict[str, int]
+    components: dict[str, dict[str, int]]
+    capacity: dict[str, int]
+    power_w: float
+    fps_per_w: float
+    ddr_gbps: float
+    limit: float = 0.85
+
+    @property
+    def utilisation(self) -> dict[str, float]:
+        return {k: (self.resources[k] / self.capacity[k] if self.capacity[k] else
+                    (0.0 if self.resources[k] == 0 else math.inf)) for k in Res.KEYS}
+
+    @property
+    def feasible(self) -> bool:
+        return all(self.resources[k] <= self.limit * self.capacity[k] for k in Res.KEYS)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"folding": self.folding.as_dict(), "board": self.board, "latency_ms": self.latency_ms,
+                "fps": self.fps, "power_w": self.power_w, "fps_per_w": self.fps_per_w,
+                "resources": dict(self.resources), "capacity": dict(self.capacity),
+                "utilisation": {k: round(v, 4) for k, v in self.utilisation.items()},
+                "components": self.components, "cycles": self.cycles, "ddr_gbps": self.ddr_gbps,
+                "feasible": self.feasible, "limit": self.limit}
+
+
+def evaluate(cfg: Any, fold: Folding, board: Board | str, coeffs: Mapping[str, float] | None = None,
+             limit: float = 0.85) -> Estimate:
+    """Cycles, latency, resources and power of ``fold`` for the workload ``cfg`` on ``board``."""
+    b = get_board(board) if isinstance(board, str) else board
+    work = Workload.from_config(cfg)
+    parts = {k: int(v) for k, v in layer_cycles(work, fold, b).items()}
+    per_inf = work.layers * parts["total"]
+    lat = per_inf / (fold.clock_mhz * 1e3)
+    comps = resources(work, fold, b, coeffs, limit)
+    tot = total_resources(comps)
+    gbps = weight_bytes_per_inference(work, fold.G) / (lat * 1e-3) / 1e9
+    pw = float(power_w(b, tot, fold.clock_mhz, gbps))
+    fps = 1e3 / lat
+    return Estimate(folding=fold, workload=work, board=b.name,
+                    cycles={"per_layer": parts, "layers": work.layers, "per_inference": per_inf},
+                    latency_ms=lat, fps=fps, resources={k: int(v) for k, v in tot.items()},
+                    components={k: {kk: int(vv) for kk, vv in v.rounded().items()} for k, v in comps.items()},
+                    capacity=b.resources(), power_w=pw, fps_per_w=fps / pw, ddr_gbps=gbps, limit=limit)
+
+
+# ---------------------------------------------------------------------------------------
+# Folding search
+
+
+@dataclass
+class _Grid:
+    """Folding fields as numpy arrays (duck-types ``Folding`` for the formulas)."""
+
+    P_dsp: np.ndarray
+    P_lut: np.ndarray
+    N: np.ndarray
+    M: np.ndarray
+    dsp2: np.ndarray
+    L_sm: np.ndarray
+    L_ln: np.ndarray
+    clock_mhz: Any = 250.0
+
+    @property
+    def P(self):
+        return self.P_dsp + self.P_lut
+
+    @property
+    def G(self):
+        return self.P * self.N
+
+    def take(self, idx) -> "_Grid":
+        return _Grid(*(getattr(self, f)[idx] for f in ("P_dsp", "P_lut", "N", "M", "dsp2", "L_sm", "L_ln")),
+                     clock_mhz=self.clock_mhz)
+
+
+@dataclass
+class FoldingResult:
+    """``search``'s answer: the fastest feasible folding and the Pareto fronts."""
+
+    best: Estimate | None
+    pareto: dict[str, list[dict[str, Any]]]  # "power" / "lut": latency vs that cost
+    evaluated: int
+    feasible: int
+    clocks: tuple[float, ...]
+    limit: float
+    seconds: float
+    space: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folding(self) -> Folding | None:
+        return None if self.best is None else self.best.folding
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"best": None if self.best is None else self.best.as_dict(), "pareto": self.pareto,
+                "evaluated": self.evaluated, "feasible": self.feasible, "clocks": list(self.clocks),
+                "limit": self.limit, "seconds": self.seconds, "space": self.space}
+
+
+def _pareto_indices(lat: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Indices of the points not dominated in (latency, cost), by increasing latency."""
+    # a cheap pass (sort on latency alone) leaves a superset: the front plus tied points
+    order = np.argsort(lat, kind="stable")
+    c = cost[order]
+    cand = order[c <= np.minimum.accumulate(c)]
+    # the exact pass on the few candidates: by latency, then cost
+    order = cand[np.lexsort((cost[cand], lat[cand]))]
+    c = cost[order]
+    keep = np.ones(len(order), dtype=bool)
+    keep[1:] = c[1:] < np.minimum.accumulate(c)[:-1]
+    return order[keep]
+
+
+def search(cfg: Any, board: Board | str, clock: float | None = None, limit: float = 0.85, *,
+           packings: Iterable[str] = ("dsp1", "dsp2"), max_pus: int = 24,
+           Ns: Iterable[int] = (2, 4, 8, 16, 32), Ms: Iterable[int] = (8, 16, 32, 64, 128),
+           L_sms: Iterable[int] = (4, 8, 16, 32), L_lns: Iterable[int] = (8, 16, 32, 64),
+           coeffs: Mapping[str, float] | None = None, front_points: int = 40) -> FoldingResult:
+    """The fastest folding of the engine for ``cfg`` (batch 1) on ``board`` with every resource
+    at most ``limit`` of the board's.
+
+    Enumerates ``P_dsp`` (0..max_pus) DSP PUs packed as each of ``packings``, ``P_lut``
+    (0..max_pus) LUT PUs, ``N``, ``M``, ``L_sm``, ``L_ln`` and the clock (``clock``, or every
+    clock of ``board.clock_grid_mhz()`` when ``None``). Minimises latency, ties broken by
+    lower power then fewer LUTs. The Pareto fronts (latency vs power, latency vs LUTs) are
+    over all feasible points and clocks, thinned to ``front_points`` each.
+    """
+    t0 = time.perf_counter()
+    b = get_board(board) if isinstance(board, str) else board
+    work = Workload.from_config(cfg)
+    c = COEFFS if coeffs is None else coeffs
+    clocks = (float(clock),) if clock is not None else b.clock_grid_mhz()
+    packings = tuple(packings)
+    for p in packings:
+        if p not in ("dsp1", "dsp2"):
+            raise ValueError(f"packings: {p!r} (the DSP PUs' packing: dsp1 or dsp2; LUT PUs are P_lut)")
+    # the grid: packing code x P_dsp x P_lut x N x M x L_sm x L_ln; P_dsp = 0 only once (all LUT)
+    pk = np.array([p == "dsp2" for p in packings] + [False], dtype=bool)
+    is_lut_only = np.array([False] * len(packings) + [True])
+    axes = np.meshgrid(np.arange(len(pk)), np.arange(0, max_pus + 1), np.arange(0, max_pus + 1),
+                       np.asarray(list(Ns)), np.asarray(list(Ms)), np.asarray(list(L_sms)),
+                       np.asarray(list(L_lns)), indexing="ij")
+    ipk, Pd, Pl, N, M, Ls, Ll = (a.ravel() for a in axes)
+    ok = ((Pd > 0) != is_lut_only[ipk]) & (Pd + Pl >= 1) & ((N % 2 == 0) | ~pk[ipk] | (Pd == 0))
+    g = _Grid(Pd[ok], Pl[ok], N[ok], M[ok], pk[ipk[ok]], Ls[ok], Ll[ok])
+    packing_of = np.where(is_lut_only[ipk[ok]], "lut", np.asarray(packings + ("lut",))[ipk[ok]])
+    comps = resources(work, g, b, c, limit)
+    tot = total_resources(comps)
+    cap = b.resources()
+    feas = np.ones(len(g.N), dtype=bool)
+    for k in Res.KEYS:
+        feas &= tot[k] <= limit * cap[k]
+    fi = np.nonzero(feas)[0]
+    gf = g.take(fi)
+    totf = {k: v[fi] for k, v in tot.items()}
+    if len(fi) == 0:
+        return FoldingResult(None, {"power": [], "lut": []}, int(ok.sum()) * len(clocks), 0, clocks, limit,
+                             time.perf_counter() - t0)
+    # Cycles depend on (P, N, M, L_sm, L_ln) and the clock only: evaluate each such key once.
+    key = np.stack([gf.P, gf.N, gf.M, gf.L_sm, gf.L_ln], axis=1)
+    ukeys, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    inv = inv.ravel()
+    gu = gf.take(first)
+    # Within a key every point has the same latency and DDR traffic at every clock, so the
+    # lowest-power point is the one of least dynamic power per MHz, whatever the clock.
+    dyn_per_mhz = b.power.dynamic_w(totf, 1.0)
+    lutf = totf["lut"].astype(float)
+
+    def argmin_per_key(cost: np.ndarray) -> np.ndarray:
+        order = np.lexsort((totf["lut"], cost, inv))  # by key, then cost, then LUTs
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = inv[order][1:] != inv[order][:-1]
+        return order[starts]  # one feasible-point index per key, in key order
+
+    low_power, low_lut = argmin_per_key(dyn_per_mhz), argmin_per_key(lutf)
+    compute = layer_cycles(work, gu, None)["total"]  # clock-independent part (§4)
+    wbytes = weight_bytes_per_inference(work, gu.G)
+    nu = len(ukeys)
+    lat = np.empty((len(clocks), nu))
+    pw = np.empty((len(clocks), nu))  # power of each key's lowest-power point
+    for ci, f in enumerate(clocks):
+        lat[ci] = work.layers * (compute + memory_stall_cycles(work, gu, _bytes_per_cycle(b, f))) / (f * 1e3)
+        gbps = wbytes / (lat[ci] * 1e-3) / 1e9
+        pw[ci] = power_w(b, {k: v[low_power] for k, v in totf.items()}, f, gbps)
+    lat, pw = lat.ravel(), pw.ravel()
+    clk = np.repeat(np.asarray(clocks), nu)
+    ukey = np.tile(np.arange(nu), len(clocks))
+    lut_lp = np.tile(lutf[low_power], len(clocks))  # LUTs of the lowest-power point
+    lut_ll = np.tile(lutf[low_lut], len(clocks))
+
+    def folding_at(point: int, f: float) -> Folding:
+        i = fi[point]
+        return Folding(P_dsp=int(g.P_dsp[i]), P_lut=int(g.P_lut[i]), N=int(g.N[i]), M=int(g.M[i]),
+                       packing=str(packing_of[i]), clock_mhz=float(f), L_sm=int(g.L_sm[i]),
+                       L_ln=int(g.L_ln[i]))
+
+    near = np.nonzero(lat <= lat.min() * (1 + 1e-12))[0]
+    j = int(near[np.lexsort((lut_lp[near], pw[near]))[0]])
+    best = evaluate(work, folding_at(low_power[ukey[j]], clk[j]), b, c, limit)
+    fronts = {}
+    for name, cost, pick in (("power", pw, low_power), ("lut", lut_ll, low_lut)):
+        pts = _pareto_indices(lat, cost)
+        if len(pts) > front_points:
+            pts = pts[np.unique(np.linspace(0, len(pts) - 1, front_points).round().astype(int))]
+        fronts[name] = []
+        for jj in pts:
+            point = pick[ukey[jj]]
+            tot_p = {k: int(totf[k][point]) for k in Res.KEYS}
+            gb = float(wbytes[ukey[jj]] / (lat[jj] * 1e-3) / 1e9)
+            fronts[name].append({"folding": folding_at(point, clk[jj]).as_dict(), "latency_ms": float(lat[jj]),
+                                 "power_w": float(power_w(b, tot_p, clk[jj], gb)), **tot_p})
+    space = {"packings": list(packings) + ["lut"], "max_pus": max_pus, "N": list(Ns), "M": list(Ms),
+             "L_sm": list(L_sms), "L_ln": list(L_lns)}
+    return FoldingResult(best, fronts, int(ok.sum()) * len(clocks), int(len(fi)) * len(clocks), clocks, limit,
+                         time.perf_counter() - t0, space)
+
+
+# ---------------------------------------------------------------------------------------
+# Calibration against FQ-BERT
+
+
+def calibrate_fqbert(coeffs: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """Our model of FQ-BERT's own foldings (``fqbert_folding``: P = 12, dsp1, 214 MHz) on
+    BERT-base against its Table III rows: ours, published, and ratios ours/published."""
+    out = []
+    for r in FQBERT_TABLE3:
+        est = evaluate("base", fqbert_folding(r["N"], r["M"]), r["board"], coeffs, limit=1.0)
+        ours = {**est.resources, "latency_ms": est.latency_ms, "power_w": est.power_w, "fps_per_w": est.fps_per_w}
+        pub = {k: r[k] for k in ("lut", "ff", "dsp", "bram18", "uram", "latency_ms", "power_w", "fps_per_w")}
+        ratio = {k: (ours[k] / pub[k] if pub[k] else None) for k in pub}
+        out.append({"board": r["board"], "N": r["N"], "M": r["M"], "ours": ours, "published": pub,
+                    "ratio": ratio, "estimate": est})
+    return out
