@@ -1,0 +1,119 @@
+"""Synthesize codesign's RTL with Yosys for UltraScale+ and count what it maps to.
+
+:func:`synth` runs ``synth_xilinx -family xcup -flatten -noiopad`` (Yosys ≥ 0.10; the
+project machine has Debian's 0.23) on a top module with given parameters and returns the
+primitive counts in the cost model's terms (:class:`Counts`):
+
+* ``lut``: LUT1–LUT6 plus LUTs used as memory (SRL16E/SRLC32E shift registers, LUTRAM);
+* ``ff``: FDRE/FDSE/FDCE/FDPE;
+* ``dsp``: DSP48E2;
+* ``bram18``: RAMB18E2 + 2·RAMB36E2;
+* ``carry``: CARRY4/CARRY8 cells (reported, not compared: the cost model folds carry
+  chains into its LUT figures).
+
+Yosys's mapping is a *proxy* for Vivado's: it packs LUTs less aggressively and does not
+retime, so ratios near 1 mean the cost model's structure is right, not that a Vivado run
+would give these exact numbers. Results are cached by source hash, parameters and Yosys
+version under ``~/.cache/codesign/yosys`` (``CODESIGN_CACHE`` overrides the root).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+__all__ = ["Counts", "synth", "yosys_path", "YosysError", "RTL_DIR"]
+
+RTL_DIR = Path(__file__).resolve().parent / "rtl"
+
+_LUT = re.compile(r"^LUT[1-6]$")
+_LUTMEM = re.compile(r"^(SRL16E|SRLC32E|SRLC16E|RAM\d+[MSXD].*|RAM\d+X\d+[SD].*)$")
+_FF = {"FDRE", "FDSE", "FDCE", "FDPE"}
+
+
+class YosysError(RuntimeError):
+    """Yosys is missing or failed (the message holds the tail of its log)."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    lut: int
+    ff: int
+    dsp: int
+    bram18: int
+    carry: int
+    cells: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def yosys_path() -> str | None:
+    return shutil.which("yosys")
+
+
+def _cache_root() -> Path:
+    root = os.environ.get("CODESIGN_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "codesign") / "yosys"
+
+
+def _version(exe: str) -> str:
+    return subprocess.run([exe, "-V"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def _count(cells: Mapping[str, int]) -> Counts:
+    lut = sum(n for c, n in cells.items() if _LUT.match(c) or _LUTMEM.match(c))
+    ff = sum(n for c, n in cells.items() if c in _FF)
+    dsp = cells.get("DSP48E2", 0)
+    bram = cells.get("RAMB18E2", 0) + 2 * cells.get("RAMB36E2", 0)
+    carry = cells.get("CARRY4", 0) + cells.get("CARRY8", 0)
+    return Counts(lut, ff, dsp, bram, carry, dict(sorted(cells.items())))
+
+
+def synth(top: str, sources: Sequence[str | Path], params: Mapping[str, int] | None = None) -> Counts:
+    """Synthesize ``top`` from ``sources`` (paths, or names under ``sim/rtl/``) with Verilog
+    ``params``; return its primitive counts. Raises :class:`YosysError`."""
+    exe = yosys_path()
+    if exe is None:
+        raise YosysError("yosys not found: install it (apt-get install yosys; `make setup` does when root)")
+    files = [Path(s) if Path(s).is_absolute() or Path(s).exists() else RTL_DIR / s for s in sources]
+    for f in files:
+        if not f.is_file():
+            raise YosysError(f"RTL source '{f}' does not exist")
+    params = dict(sorted((params or {}).items()))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    h.update(json.dumps([top, params, _version(exe)]).encode())
+    cached = _cache_root() / f"{top}-{h.hexdigest()[:24]}.json"
+    if cached.is_file():
+        return _count(json.loads(cached.read_text())["cells"])
+    chparam = " ".join(f"-set {k} {int(v)}" for k, v in params.items())
+    script = (f"read_verilog -sv {' '.join(str(f) for f in files)}; "
+              + (f"chparam {chparam} {top}; " if chparam else "")
+              + f"synth_xilinx -family xcup -flatten -noiopad -top {top}; "
+              "tee -q -o {out} stat -json")
+    with tempfile.TemporaryDirectory(prefix="codesign-yosys-") as tmp:
+        out = Path(tmp) / "stat.json"
+        proc = subprocess.run([exe, "-q", "-l", str(Path(tmp) / "log"), "-p", script.format(out=out)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not out.is_file():
+            log = (Path(tmp) / "log").read_text(errors="replace") if (Path(tmp) / "log").is_file() else ""
+            tail = " | ".join((log or proc.stderr).strip().splitlines()[-5:])
+            raise YosysError(f"yosys failed on {top} {params}: {tail}")
+        stat = json.loads(out.read_text())
+    mods = stat["modules"]
+    (name,) = [m for m in mods if m.endswith(top) or m.endswith("\\" + top)] or list(mods)[:1]
+    cells = {k: int(v) for k, v in mods[name]["num_cells_by_type"].items()}
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmpf = cached.with_suffix(".tmp")
+    tmpf.write_text(json.dumps({"top": top, "params": params, "cells": cells}, sort_keys=True))
+    os.replace(tmpf, cached)
+    return _count(cells)
