@@ -15,10 +15,15 @@ The RTL implements ``docs/engine.md``; its testbenches are the cocotb modules in
   input file and reading back its JSON output file (environment variables
   ``CODESIGN_RTL_IN`` / ``CODESIGN_RTL_OUT``);
 * the engine's stream encodings (:func:`pack_activations`, :func:`pack_weights`,
-  :func:`pack_qp`, :func:`unpack_outputs`) and cycle model (:func:`d_pe`,
-  :func:`kbeats`, :func:`matmul_cycles`), shared by the tests and the cost model;
-* :func:`run_matmul` / :func:`run_matmul_tile`: a whole requantized matrix multiply on
-  ``engine_top`` from numpy arrays.
+  :func:`pack_qp`, :func:`pack_rows`, :func:`unpack_outputs`) and cycle model
+  (:func:`d_pe`, :func:`kbeats`, :func:`matmul_cycles`, :func:`softmax_cycles`,
+  :func:`layernorm_cycles`: docs/engine.md §4), shared by the tests and the cost model;
+* numpy in, codes and measured cycles out: :func:`run_matmul` / :func:`run_matmul_tile`
+  (a requantized matrix multiply on ``engine_top``), :func:`run_softmax` (on
+  ``softmax_core``), :func:`run_layernorm` (on ``layernorm_core``), and their plural
+  forms that run several problems in one simulation.
+
+The testbench modules live in the repository (``sim/cocotb``), not in the wheel.
 
 Simulator names are ``"verilator"`` and ``"icarus"``.
 """
@@ -48,8 +53,9 @@ __all__ = [
     "verilator_path", "icarus_path", "simulator_problem", "available_simulators",
     "cache_dir", "build", "run_cocotb", "RtlError",
     "d_pe", "lanes", "kbeats", "tile_cycles", "matmul_cycles", "softmax_cycles",
+    "layernorm_cycles",
     "pack_lanes", "pack_activations", "pack_weights", "pack_qp", "pack_rows", "unpack_outputs",
-    "run_softmax",
+    "run_softmax", "run_softmaxes", "run_layernorm", "run_layernorms",
     "MatmulRun", "engine_parameters", "run_matmul", "run_matmuls", "run_matmul_tile",
     "ENGINE_SOURCES",
 ]
@@ -119,8 +125,8 @@ def simulator_problem(sim: str) -> str | None:
         for tool in ("perl", "make"):
             if shutil.which(tool) is None:
                 return f"verilator needs `{tool}` on PATH"
-        if shutil.which(os.environ.get("CXX", "g++")) is None:
-            return "verilator needs a C++ compiler (g++ or $CXX)"
+        if not any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "c++", "g++")):
+            return "verilator needs a C++ compiler (c++, g++ or $CXX)"
         return None
     if sim == "icarus":
         return None if icarus_path() is not None else "iverilog/vvp not found on PATH"
@@ -412,6 +418,17 @@ def softmax_cycles(rows: int, N: int, L: int) -> int:
     return 3 * B + 38 + (rows - 1) * max(2 * B + 3, B + 33)
 
 
+def layernorm_cycles(rows: int, H: int, L: int) -> int:
+    """layernorm_core.v: ``rows`` rows of H elements, L lanes, offered without gaps:
+    3B + 130 + (rows - 1) * (2B + 102), B = ceil(H / L). One row alone is
+    3*ceil(H/L) + 32 (isqrt) + 16 (mean division) + 48 (variance division) + D_ln with
+    D_ln = 34; in a stream the front (2B + 102) dominates the back (B + 1)."""
+    if rows < 1 or H < 1 or L < 1:
+        raise ValueError(f"layernorm_cycles: rows={rows}, H={H}, L={L} must be >= 1")
+    B = -(-H // L)
+    return 3 * B + 130 + (rows - 1) * (2 * B + 102)
+
+
 # ---------------------------------------------------------------------------
 # Stream encodings (pe_array.v / engine_top.v headers)
 # ---------------------------------------------------------------------------
@@ -499,9 +516,10 @@ def unpack_outputs(beats: Sequence[int], G: int, bits: int, signed: bool = True)
     return out
 
 
-def pack_rows(x: np.ndarray, L: int) -> tuple[list[int], list[int], list[int]]:
-    """Rows of N codes -> (data, keep, last) beats of L 8-bit lanes (softmax_core):
-    ceil(N / L) beats per row, the last one with the lanes past N off in keep."""
+def pack_rows(x: np.ndarray, L: int, bits: int = 8) -> tuple[list[int], list[int], list[int]]:
+    """Rows of N codes -> (data, keep, last) beats of L ``bits``-bit lanes (softmax_core:
+    8, layernorm_core: 16): ceil(N / L) beats per row, the last one with the lanes past N
+    off in keep."""
     x = np.asarray(x, dtype=np.int64)
     rows, N = x.shape
     B = -(-N // L)
@@ -509,33 +527,105 @@ def pack_rows(x: np.ndarray, L: int) -> tuple[list[int], list[int], list[int]]:
     pad[:, :N] = x
     keep = np.zeros((rows, B * L), dtype=np.int64)
     keep[:, :N] = 1
-    data = pack_lanes(pad.reshape(rows * B, L), 8)
+    data = pack_lanes(pad.reshape(rows * B, L), bits)
     keeps = pack_lanes(keep.reshape(rows * B, L), 1)
     last = [int(i % B == B - 1) for i in range(rows * B)]
     return data, keeps, last
 
 
+def run_softmaxes(problems: Sequence[Mapping[str, Any]], *, L: int = 8, eb: int = 8, ob: int = 8,
+                  sim: str = "verilator") -> list[tuple[np.ndarray, int]]:
+    """Several :func:`run_softmax` problems (dicts with ``x``, ``table`` and optionally
+    ``x_signed``, ``stall``, ``seed``) in one simulation of one softmax_core build."""
+    cases, shapes = [], []
+    for prob in problems:
+        x = np.asarray(prob["x"], dtype=np.int64)
+        if x.ndim != 2 or x.size == 0:
+            raise ValueError(f"run_softmax: need rows x N codes, got shape {x.shape}")
+        table = np.asarray(prob["table"], dtype=np.int64).ravel()
+        if table.size > 256 or table.min() < 0 or table.max() >= 1 << eb or table[0] < 1:
+            raise ValueError(f"run_softmax: table needs <= 256 entries in 0..2^{eb}-1 with T[0] >= 1")
+        x_signed = bool(prob.get("x_signed", True))
+        lo, hi = (-128, 127) if x_signed else (0, 255)
+        if x.min() < lo or x.max() > hi:
+            raise ValueError(f"run_softmax: codes outside [{lo}, {hi}]")
+        t = np.zeros(256, dtype=np.int64)
+        t[: table.size] = table
+        data, keep, last = pack_rows(x & 255, L)
+        cases.append({"x_signed": int(x_signed), "table": t.tolist(), "data": data, "keep": keep,
+                      "last": last, "rows": x.shape[0], "stall": float(prob.get("stall", 0.0)),
+                      "seed": int(prob.get("seed", 1))})
+        shapes.append(x.shape)
+    nmax = max(N for _, N in shapes)
+    results = run_cocotb(sim, "softmax_core", ["softmax_core.v"], "tb_softmax", inputs={"cases": cases},
+                         parameters={"L": L, "NMAX": _pow2_at_least(nmax, 256), "EB": eb, "OB": ob})
+    out = []
+    for (rows, N), res in zip(shapes, results):
+        B = -(-N // L)
+        p = unpack_outputs(res["data"], L, ob, signed=False).reshape(rows, B * L)[:, :N]
+        out.append((p, int(res["cycles"])))
+    return out
+
+
 def run_softmax(x: np.ndarray, table: np.ndarray, *, x_signed: bool = True, L: int = 8, eb: int = 8,
-                ob: int = 8, sim: str = "verilator", stall: float = 0.0, seed: int = 1,
-                nmax: int | None = None) -> tuple[np.ndarray, int]:
-    """§5 softmax over the last axis of ``x`` (rows x N, int8 or uint8 codes) on
-    softmax_core with L lanes: (p codes rows x N, measured cycles)."""
-    x = np.asarray(x, dtype=np.int64)
-    if x.ndim != 2 or x.size == 0:
-        raise ValueError(f"run_softmax: need rows x N codes, got shape {x.shape}")
-    t = np.zeros(256, dtype=np.int64)
-    table = np.asarray(table, dtype=np.int64)
-    t[: table.size] = table
-    rows, N = x.shape
-    data, keep, last = pack_rows(x & 255, L)
-    case = {"x_signed": int(x_signed), "table": t.tolist(), "data": data, "keep": keep, "last": last,
-            "rows": rows, "stall": float(stall), "seed": int(seed)}
-    params = {"L": L, "NMAX": _pow2_at_least(nmax or N, 256), "EB": eb, "OB": ob}
-    res = run_cocotb(sim, "softmax_core", ["softmax_core.v"], "tb_softmax", inputs={"cases": [case]},
-                     parameters=params)[0]
-    B = -(-N // L)
-    p = unpack_outputs(res["data"], L, ob, signed=False).reshape(rows, B * L)[:, :N]
-    return p, int(res["cycles"])
+                ob: int = 8, sim: str = "verilator", stall: float = 0.0, seed: int = 1) -> tuple[np.ndarray, int]:
+    """§5 softmax over the last axis of ``x`` (rows x N, int8 or uint8 codes, or codes of
+    fewer bits with their 2^b-entry table) on softmax_core with L lanes, EB-bit table,
+    OB-bit outputs: (p codes rows x N, measured cycles)."""
+    return run_softmaxes([dict(x=x, table=table, x_signed=x_signed, stall=stall, seed=seed)],
+                         L=L, eb=eb, ob=ob, sim=sim)[0]
+
+
+def run_layernorms(problems: Sequence[Mapping[str, Any]], *, L: int = 8, out_bits: int = 8,
+                   sim: str = "verilator") -> list[tuple[np.ndarray, int]]:
+    """Several :func:`run_layernorm` problems (dicts with ``x``, ``params`` and optionally
+    ``y_signed``, ``stall``, ``seed``) in one simulation of one layernorm_core build
+    (``out_bits``-bit outputs)."""
+    cases, shapes = [], []
+    for prob in problems:
+        x = np.asarray(prob["x"], dtype=np.int64)
+        if x.ndim != 2 or x.size == 0:
+            raise ValueError(f"run_layernorm: need rows x H codes, got shape {x.shape}")
+        rows, H = x.shape
+        if H > 4096 or x.min() < -(2**15) or x.max() >= 2**15:
+            raise ValueError("run_layernorm: rows of at most 4096 int16 codes")
+        params = prob["params"]
+        G = np.asarray(params.G, dtype=np.int64)
+        Bv = np.asarray(params.B, dtype=np.int64)
+        if G.shape != (H,) or Bv.shape != (H,):
+            raise ValueError(f"run_layernorm: G {G.shape} and B {Bv.shape} must have H={H} elements")
+        if not (1 <= int(params.S) <= 62 and 0 <= int(params.E) < 2**40):
+            raise ValueError("run_layernorm: S must be 1..62 and E 0..2^40-1")
+        nb = -(-H // L)
+        gp = np.zeros(nb * L, dtype=np.int64)
+        bp = np.zeros(nb * L, dtype=np.int64)
+        gp[:H], bp[:H] = G, Bv
+        data, keep, last = pack_rows(x, L, bits=16)
+        cases.append({"y_signed": int(prob.get("y_signed", True)), "S": int(params.S), "E": int(params.E),
+                      "prm_g": pack_lanes(gp.reshape(nb, L), 16), "prm_b": pack_lanes(bp.reshape(nb, L), 32),
+                      "data": data, "keep": keep, "last": last, "rows": rows,
+                      "stall": float(prob.get("stall", 0.0)), "seed": int(prob.get("seed", 1))})
+        shapes.append((rows, H, bool(prob.get("y_signed", True))))
+    hmax = min(4096, _pow2_at_least(max(H for _, H, _ in shapes), 1024))
+    results = run_cocotb(sim, "layernorm_core", ["layernorm_core.v"], "tb_layernorm", inputs={"cases": cases},
+                         parameters={"L": L, "HMAX": hmax, "OUT_BITS": out_bits})
+    out = []
+    for (rows, H, signed), res in zip(shapes, results):
+        nb = -(-H // L)
+        y = unpack_outputs(res["data"], L, out_bits, signed=signed).reshape(rows, nb * L)[:, :H]
+        out.append((y, int(res["cycles"])))
+    return out
+
+
+def run_layernorm(x: np.ndarray, params, *, out_type=None, L: int = 8, sim: str = "verilator",
+                  stall: float = 0.0, seed: int = 1) -> tuple[np.ndarray, int]:
+    """§6 LayerNorm over the last axis of ``x`` (rows x H int16 codes) with ``params``
+    (codesign.sim.reference.LayerNormParams) on layernorm_core with L lanes: (y codes
+    rows x H, measured cycles). ``out_type``: an IntType of 2..8 bits (default int8)."""
+    bits = 8 if out_type is None else int(out_type.bits)
+    signed = True if out_type is None else bool(out_type.signed)
+    return run_layernorms([dict(x=x, params=params, y_signed=signed, stall=stall, seed=seed)],
+                          L=L, out_bits=bits, sim=sim)[0]
 
 
 # ---------------------------------------------------------------------------
