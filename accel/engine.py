@@ -46,7 +46,8 @@ __all__ = [
     "Workload", "Folding", "Res", "Estimate", "FoldingResult",
     "ceil_div", "ceil_log2", "d_pe", "linear_tile_cycles", "linear_cycles", "tile_weight_bytes",
     "load_cycles", "linear_cycles_with_memory", "qk_head_cycles", "pv_head_cycles", "attention_cycles",
-    "softmax_row_cycles", "softmax_cycles", "layernorm_row_cycles", "layernorm_cycles",
+    "softmax_row_cycles", "softmax_stream_cycles", "softmax_cycles", "layernorm_row_cycles",
+    "layernorm_stream_cycles", "layernorm_cycles",
     "memory_stall_cycles", "layer_cycles", "inference_cycles", "weight_bytes_per_inference",
     "resources", "total_resources", "power_w", "fit_power_scale", "POWER_SCALE",
     "evaluate", "search", "fqbert_folding", "calibrate_fqbert", "FQBERT_TABLE3", "GOALS_MS",
@@ -64,10 +65,12 @@ ESTIMATE_LABEL = ("cost model (docs/engine.md §4 cycles, accel/engine.py resour
 #: least one tree level). ``D_pe = D_PE_BASE + max(1, ceil(log2 M))``; to be kept equal to
 #: the RTL's parameter (``codesign.sim.rtl.d_pe``) when the two are reconciled.
 D_PE_BASE = 5
-#: Softmax core depth per row beyond its three passes (§4). Provisional.
-D_SM = 4
-#: LayerNorm core depth per row beyond its three passes and the square root (§4). Provisional.
-D_LN = 6
+#: Softmax core depth per row beyond its three passes and the 32-step divider
+#: (sim/rtl/softmax_core.v; tests/test_engine.py compares with codesign.sim.rtl).
+D_SM = 6
+#: LayerNorm core depth per row beyond its passes, the square root and the 16/48-step
+#: divisions (sim/rtl/layernorm_core.v; checked against codesign.sim.rtl).
+D_LN = 34
 #: Steps of the digit-by-digit square root (docs/arithmetic.md §6 step 6: 32 iterations).
 SQRT_STEPS = 32
 #: Passes over a row: softmax (max, exp-sum, normalise), LayerNorm (sum, variance, normalise).
@@ -281,29 +284,53 @@ def attention_cycles(R, d, heads, P, N, M):
 
 
 def softmax_row_cycles(R, L_sm, D_sm=None):
-    """§4 one softmax row of ``R`` scores: ``3 · ceil(R / L_sm) + D_sm`` (the reciprocal's
-    32-step divider overlaps the next row's exp-sum pass). ``D_sm`` defaults to ``D_SM``."""
+    """§4 one softmax row of ``R`` scores alone: ``3 · ceil(R / L_sm) + 32 + D_sm`` (input,
+    exp-sum and normalise passes; the 32-step reciprocal divider). ``D_sm`` defaults to
+    ``D_SM`` (softmax_core.v)."""
     D_sm = D_SM if D_sm is None else D_sm
-    return SOFTMAX_PASSES * ceil_div(R, L_sm) + D_sm
+    return SOFTMAX_PASSES * ceil_div(R, L_sm) + SQRT_STEPS + D_sm
+
+
+def softmax_stream_cycles(rows, R, L_sm):
+    """§4 ``rows`` rows of ``R`` scores streamed through one core (softmax_core.v): the
+    front of a row (input and exp-sum passes, ``2B + 3``) overlaps the back of the previous
+    one (divider and normalise pass, ``B + 33``), ``B = ceil(R / L_sm)``:
+    ``3B + 38 + (rows − 1) · max(2B + 3, B + 33)``."""
+    B = ceil_div(R, L_sm)
+    return 3 * B + 32 + D_SM + (rows - 1) * np.maximum(2 * B + 3, B + 33)
 
 
 def softmax_cycles(R, heads, P, L_sm, D_sm=None):
     """§4 per layer: ``heads · R`` rows over the ``P`` cores (one per PU). Rows stay on the PU
-    that computed their head (head ``h`` on PU ``h mod P``), so a core does
-    ``ceil(heads / P) · R`` rows (= ``heads·R/P`` when ``P`` divides ``heads``)."""
-    return ceil_div(heads, P) * R * softmax_row_cycles(R, L_sm, D_sm)
+    that computed their head (head ``h`` on PU ``h mod P``), so a core streams
+    ``ceil(heads / P) · R`` rows (:func:`softmax_stream_cycles`). ``D_sm`` is accepted for
+    compatibility and must be ``D_SM`` (the RTL's)."""
+    if D_sm is not None and D_sm != D_SM:
+        raise ValueError(f"softmax_cycles: D_sm={D_sm} differs from the RTL's {D_SM}")
+    return softmax_stream_cycles(ceil_div(heads, P) * R, R, L_sm)
 
 
 def layernorm_row_cycles(H, L_ln, D_ln=None):
-    """§4 one LayerNorm row: ``3 · ceil(H / L_ln) + 32 + D_ln`` (sum, variance, normalise;
-    32-step square root). ``D_ln`` defaults to ``D_LN``."""
+    """§4 one LayerNorm row alone: ``3 · ceil(H / L_ln) + 32 + 16 + 48 + D_ln`` (sum,
+    variance, normalise passes; 32-step square root, 16- and 48-step divisions for the mean
+    and ``v``). ``D_ln`` defaults to ``D_LN`` (layernorm_core.v)."""
     D_ln = D_LN if D_ln is None else D_ln
-    return LAYERNORM_PASSES * ceil_div(H, L_ln) + SQRT_STEPS + D_ln
+    return LAYERNORM_PASSES * ceil_div(H, L_ln) + SQRT_STEPS + 16 + 48 + D_ln
+
+
+def layernorm_stream_cycles(rows, H, L_ln):
+    """§4 ``rows`` rows streamed through the core (layernorm_core.v): the front of a row
+    (``2B + 102``) dominates, ``B = ceil(H / L_ln)``: ``3B + 130 + (rows − 1)(2B + 102)``."""
+    B = ceil_div(H, L_ln)
+    return 3 * B + SQRT_STEPS + 16 + 48 + D_LN + (rows - 1) * (2 * B + 102)
 
 
 def layernorm_cycles(R, H, L_ln, D_ln=None):
-    """§4 per layer: ``2 · R`` rows (after attention, after the FFN) on the one core."""
-    return LAYERNORMS_PER_LAYER * R * layernorm_row_cycles(H, L_ln, D_ln)
+    """§4 per layer: two LayerNorms (after attention, after the FFN) of ``R`` rows each on
+    the one core. ``D_ln`` is accepted for compatibility and must be ``D_LN``."""
+    if D_ln is not None and D_ln != D_LN:
+        raise ValueError(f"layernorm_cycles: D_ln={D_ln} differs from the RTL's {D_LN}")
+    return LAYERNORMS_PER_LAYER * layernorm_stream_cycles(R, H, L_ln)
 
 
 def _bytes_per_cycle(board: Board, clock_mhz: float) -> float:

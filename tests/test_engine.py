@@ -78,13 +78,22 @@ def test_attention_cycles_by_hand():
 
 
 def test_softmax_and_layernorm_cycles_by_hand():
-    # softmax row of R=10 on L_sm=4 lanes: 3 x ceil(10/4)=3 + D_sm(4) = 13;
-    # heads=5 on P=2 cores: 3 rounds x 10 rows x 13 = 390
-    assert E.softmax_row_cycles(10, 4) == 13
-    assert E.softmax_cycles(10, 5, 2, 4) == 390
-    # LayerNorm row of H=20 on L_ln=8: 3 x 3 + 32 (sqrt) + D_ln(6) = 47; 2 x R=10 rows -> 940
-    assert E.layernorm_row_cycles(20, 8) == 47
-    assert E.layernorm_cycles(10, 20, 8) == 940
+    # softmax row of R=10 on L_sm=4 lanes alone: 3 x ceil(10/4)=3 + 32 (divider) + D_sm(6) = 47
+    assert E.softmax_row_cycles(10, 4) == 47
+    # heads=5 on P=2 cores: ceil(5/2)=3 rounds x 10 = 30 rows streamed, B=3:
+    # 3*3 + 38 = 47, then 29 rows x max(2*3+3, 3+33) = 29 x 36 = 1044 -> 1091
+    assert E.softmax_cycles(10, 5, 2, 4) == 1091
+    # LayerNorm row of H=20 on L_ln=8 alone: 3 x 3 + 32 + 16 + 48 + D_ln(34) = 139
+    assert E.layernorm_row_cycles(20, 8) == 139
+    # R=10 rows streamed: 139 + 9 x (2*3 + 102) = 1111; two LayerNorms per layer -> 2222
+    assert E.layernorm_cycles(10, 20, 8) == 2222
+
+
+def test_softmax_and_layernorm_cycles_match_the_rtl_model():
+    rtl = pytest.importorskip("codesign.sim.rtl")
+    for rows, n, lanes in ((1, 10, 4), (30, 10, 4), (128, 128, 16), (7, 768, 32)):
+        assert E.softmax_stream_cycles(rows, n, lanes) == rtl.softmax_cycles(rows, n, lanes)
+        assert E.layernorm_stream_cycles(rows, n, lanes) == rtl.layernorm_cycles(rows, n, lanes)
 
 
 def test_layer_cycles_by_hand():
@@ -93,15 +102,15 @@ def test_layer_cycles_by_hand():
     #   q,k,v,o: ceil(8/4)=2 tiles x 4 x ceil(8/4)=2 = 16, +7 = 23 each
     #   ffn1:    ceil(16/4)=4 x 4 x 2 = 32, +7 = 39;  ffn2: 2 x 4 x ceil(16/4)=4 = 32, +7 = 39
     #   Q·Kᵀ: 1 round x 4 x ceil(4/2)=2 x ceil(8/4)=2 = 16;  P·V: 4 x ceil(4/2)=2 x ceil(8/4)=2 = 16
-    #   softmax: 1 round x 4 rows x (3 x ceil(4/2) + 4 = 10) = 40
-    #   layernorm: 2 x 4 rows x (3 x ceil(8/4) + 32 + 6 = 44) = 352
-    #   total 4*23 + 39 + 39 + 16 + 16 + 40 + 352 = 594; x3 layers = 1782
+    #   softmax: 1 round x 4 rows streamed, B = ceil(4/2) = 2: 3*2 + 38 + 3 x max(7, 35) = 149
+    #   layernorm: 2 x (4 rows, B = ceil(8/4) = 2: 3*2 + 130 + 3 x (2*2 + 102)) = 2 x 454 = 908
+    #   total 4*23 + 39 + 39 + 16 + 16 + 149 + 908 = 1259; x3 layers = 3777
     w = E.Workload(R=4, H=8, heads=2, ffn=16, layers=3)
     f = E.Folding(P_dsp=1, P_lut=1, N=2, M=4, packing="dsp2", L_sm=2, L_ln=4)
     parts = E.layer_cycles(w, f)
     assert parts == {"q": 23, "k": 23, "v": 23, "o": 23, "ffn1": 39, "ffn2": 39, "attention_qk": 16,
-                     "attention_pv": 16, "softmax": 40, "layernorm": 352, "memory_stall": 0, "total": 594}
-    assert E.inference_cycles(w, f) == 1782
+                     "attention_pv": 16, "softmax": 149, "layernorm": 908, "memory_stall": 0, "total": 1259}
+    assert E.inference_cycles(w, f) == 3777
 
 
 def test_fqbert_linear_cycles_match_mac_count():
