@@ -2,7 +2,8 @@
 
 :func:`reference_forward` recomputes the eval forward of
 :class:`codesign.quantize.fqbert.FQBert` from its :meth:`~codesign.quantize.fqbert.FQBert.integer_params`
-with the contract's numpy reference ops, one call per op, on int64 codes. It imports no
+with the contract's numpy reference ops, one call per op, on int64 codes
+(:func:`reference_encode`: the encoder alone, the last layer's codes). It imports no
 torch (the model module is not imported either), so it is the test oracle for
 "torch eval == reference": the same dataflow written a second time over a second
 implementation of every integer op.
@@ -14,7 +15,7 @@ import numpy as np
 from codesign.sim import reference as ref
 from codesign.sim.reference import IntType
 
-__all__ = ["reference_forward", "reference_embeddings", "INT8", "UINT8", "INT16"]
+__all__ = ["reference_forward", "reference_encode", "reference_embeddings", "INT8", "UINT8", "INT16"]
 
 INT8 = IntType(8, True)
 UINT8 = IntType(8, False)
@@ -108,6 +109,23 @@ def reference_embeddings(params: dict, token_ids, token_type_ids=None) -> tuple[
     return e, _layernorm(emb["ln"], e)                  # int16, int8
 
 
+def _encoder(params: dict, token_ids, token_type_ids, tr: dict) -> np.ndarray:
+    """Embeddings and every encoder layer: the last layer's int8 codes ``(B, T, H)``."""
+    e, x = reference_embeddings(params, token_ids, token_type_ids)
+    tr.update({"embeddings.sum": e, "embeddings": x})
+    for i, lp in enumerate(params["layers"]):
+        x = _layer(lp, x, params["config"]["heads"], tr, f"layers.{i}")
+    return x
+
+
+def reference_encode(params: dict, token_ids, token_type_ids=None, trace: dict | None = None) -> np.ndarray:
+    """The last encoder layer's output of FQ-BERT from its integer parameters: int64 codes
+    ``(B, T, hidden)`` of int8 values at scale ``params["layers"][-1]["ln2"]["out_scale"]``
+    (what ``FQBert.encode`` returns as ``codes · scale``). ``trace`` as in
+    :func:`reference_forward`, without the pooler entries."""
+    return _encoder(params, token_ids, token_type_ids, trace if trace is not None else {})
+
+
 def reference_forward(params: dict, token_ids, token_type_ids=None,
                       trace: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Logits of FQ-BERT from its integer parameters: ``(codes, values)``.
@@ -118,12 +136,7 @@ def reference_forward(params: dict, token_ids, token_type_ids=None,
     ``"layers.<i>.attn.q"`` ... ``"layers.<i>.ln2"``, ``"pooler"``, ``"pooler.tanh"``).
     """
     tr = trace if trace is not None else {}
-    cfg = params["config"]
-    e, x = reference_embeddings(params, token_ids, token_type_ids)
-    tr.update({"embeddings.sum": e, "embeddings": x})
-
-    for i, lp in enumerate(params["layers"]):
-        x = _layer(lp, x, cfg["heads"], tr, f"layers.{i}")
+    x = _encoder(params, token_ids, token_type_ids, tr)
 
     pool = params["pooler"]
     h = _linear(pool["dense"], x[:, 0, :])
