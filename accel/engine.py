@@ -14,9 +14,12 @@ lanes, one LayerNorm core with ``L_ln`` lanes.
   provisional pipeline depths to be reconciled with the RTL's parameters.
 * **Resources** are a sum of components (multipliers, adder trees, accumulators,
   requantizers, GELU tables, softmax cores, LayerNorm core, weight and activation
-  buffers, control). Every coefficient is a named entry of ``COEFFS`` with a comment
-  saying where it comes from; a calibration against Yosys synthesis of the RTL overrides
-  them (``coefficients(**overrides)``, and the ``coeffs=`` argument of every function).
+  buffers, control) that follow the RTL's structure. Every coefficient is a named entry of
+  ``COEFFS`` with a comment saying where it comes from: register and adder widths of the
+  RTL, least-squares fits to Yosys synthesis of the RTL modules (bench/yosys_crosscheck.py,
+  accel/yosys_calibration.json; LUTs calibrated to Yosys, which packs less tightly than
+  Vivado), or first-principles estimates for parts without RTL. ``coefficients(**overrides)``
+  and the ``coeffs=`` argument of every function override them.
 * **Power** is the board model of ``codesign.accel.boards.PowerModel`` (static + dynamic
   per resource, linear in the clock, + DDR traffic) with one global scale of the dynamic
   part fitted to FQ-BERT's published board power (``fit_power_scale``).
@@ -55,7 +58,8 @@ __all__ = [
 
 ESTIMATE_LABEL = ("cost model (docs/engine.md §4 cycles, accel/engine.py resources and power); "
                   "latency at an assumed clock; calibrated against FQ-BERT's published Table III "
-                  "(bench/engine_fqbert.py); resource coefficients pending Yosys synthesis of the RTL")
+                  "(bench/engine_fqbert.py); resource coefficients calibrated to Yosys synthesis of the RTL "
+                  "(bench/yosys_crosscheck.py)")
 
 # ---------------------------------------------------------------------------------------
 # Pipeline constants of docs/engine.md §4 (provisional; the RTL states them as parameters)
@@ -379,85 +383,148 @@ def weight_bytes_per_inference(work: Workload, G) -> Any:
 
 # ---------------------------------------------------------------------------------------
 # Resource model
+#
+# The formulas follow what the RTL (sim/rtl) contains, register by register and adder by
+# adder, and their per-element coefficients are calibrated to Yosys: ``synth_xilinx
+# -family xcup -flatten`` of the RTL modules (bench/yosys_crosscheck.py; the counts, the
+# model's counts and their ratios are committed in accel/yosys_calibration.json and
+# checked by tests/test_yosys.py). FF and DSP counts are structural (register widths of
+# the RTL, one DSP48E2 per product the RTL forms); the LUT coefficients of random logic
+# (multiplexers, barrel shifters, comparators, LUT multipliers) are Yosys's. Yosys maps
+# LUTs less tightly than Vivado (no cross-boundary LUT combining, its own ABC mapping of
+# multiplexer trees and shift-add multipliers), so the LUT figures are a Yosys-calibrated,
+# conservative estimate of a Vivado implementation, not a Vivado prediction; FFs, DSPs
+# and BRAMs do not depend much on the tool. Components without RTL (GELU, the §7
+# residual add, the AXI/DMA control, the weight and activation buffers) keep their
+# documented first-principles values.
 
 
 def finn_lut_mult(W: int, A: int) -> int:
-    """FINN-R's LUT estimate of one ``W×A``-bit LUT multiplier: ``(2⌈(W+A)/6⌉ − 1)·(W+A)``."""
+    """FINN-R's LUT estimate of one ``W×A``-bit LUT multiplier: ``(2⌈(W+A)/6⌉ − 1)·(W+A)``
+    (kept for comparison: Yosys maps the RTL's 9x5 shift-add lane to ~3x this, see
+    ``lut_mult_lane_lut``)."""
     return (2 * ceil_div(W + A, 6) - 1) * (W + A)
 
 
-#: Resource coefficients. Each is a starting value with its source; a calibration against
-#: Yosys synthesis of ``sim/rtl`` (or Vivado reports) overrides them through
-#: ``coefficients(**overrides)`` / the ``coeffs=`` argument. Units: per element named.
+#: Widths of the RTL (sim/rtl/bitsplit_pe.v, requant.v) that the formulas use.
+PE_PRODUCT_BITS = 14   # 9-bit signed activation x 5-bit signed nibble (P_BITS)
+PE_TREE_FIRST_BITS = 19  # first tree level: 14-bit lo + (14-bit hi << 4 in 8x8 mode), +1 carry
+PE_ACC_BITS = 32
+CHAN_PARAM_BITS = 32 + 16 + 6  # bias, requant multiplier M, shift sh of one channel
+
+#: Resource coefficients, each with its source. "Yosys fit" values are least-squares fits
+#: to the Yosys counts of bench/yosys_crosscheck.py (``--fit`` prints them); "RTL" values
+#: are register or adder widths read off the RTL; the rest are first-principles estimates
+#: of parts that have no RTL yet. ``coefficients(**overrides)`` / the ``coeffs=`` argument
+#: override them. Units: per element named.
 COEFFS: dict[str, float] = {
-    # --- multiplier lanes (docs/engine.md §2, §3)
-    # 8x4 LUT multiplier: FINN-R's formula for W=4, A=8 (36 LUTs); the signed/unsigned
-    # operand extension to 9x5 bits is in lane_operand_lut.
-    "lut_mult_lane_lut": finn_lut_mult(4, 8),
-    # per LUT lane: 5-bit weight operand register + 13-bit product register
-    "lut_mult_lane_ff": 18,
-    # per lane (all packings): signedness extension of the nibble (w_signed, hi/lo select)
-    "lane_operand_lut": 2,
-    # dsp2 (§3): per DSP, recover hi = (P - sign_extend(P[17:0])) >> 18: a 13-bit increment
-    # by lo's sign bit, registered; the packed operand w0 + w1·2^18 uses the DSP pre-adder.
-    "dsp2_unpack_lut": 13,
-    "dsp2_unpack_ff": 13,
-    # --- adder tree per PE: M leaves of 13-bit products; the first level adds a lane pair
-    # (hi shifted by 4 in 8x8 mode, §2) into 18 bits, each level one bit wider; one LUT and
-    # one FF (pipelined levels) per sum bit on the carry chain.
-    "tree_first_width": 18,
+    # --- multiplier lanes (docs/engine.md §2, §3; sim/rtl/bitsplit_pe.v)
+    # LUT multiplier lane (PACKING 2): the RTL's shift-add a*w = sum_i w[i]*(a<<i) - w[4]*(a<<4)
+    # on 14-bit words. Yosys maps a lane to ~107 LUTs in a lone PE (ABC builds the four
+    # adders and their AND/select terms with LUT6+MUXF7/F8: about 3x FINN-R's 36 for an
+    # 8x4 multiplier; a Vivado '*' in fabric would be nearer FINN-R's figure). In a PE
+    # array part of it depends on the activation only and is shared by the PEs of a PU
+    # (one activation lane feeds N LUT lanes): per lane + per activation lane of a LUT PU,
+    # Yosys fit over bitsplit_pe M = 8, 16, 32 and pe_array G = 2, 4, 8 (M = 8).
+    "lut_mult_lane_lut": 74.4,
+    "lut_mult_act_lut": 32.8,
+    # FFs per LUT lane beyond the common lane registers (Yosys fit: about one more per lane
+    # than a dsp1 lane)
+    "lut_mult_lane_ff": 1.2,
+    # per lane (all packings): the 5-bit weight operand, w_signed & nibble[3] on even lanes
+    # (RTL: one LUT per lane pair)
+    "lane_operand_lut": 0.5,
+    # per lane (all packings): S0 weight-nibble register (4) and S1 product register (14)
+    # (RTL: bitsplit_pe.v s0_w, s1_prod)
+    "lane_weight_ff": 4,
+    "lane_product_ff": PE_PRODUCT_BITS,
+    # dsp2 (§3): per DSP, p1 = (P >>> 18) + P[17] (a 14-bit increment, partly absorbed by
+    # the carry chain) and the few FFs Yosys keeps beyond two 14-bit product registers
+    # (Yosys fit over M = 8, 16, 32)
+    "dsp2_unpack_lut": 5.4,
+    "dsp2_unpack_ff": 1.8,
+    # --- the PE input stage, once per PU: the S0 activation register (8 bits per lane;
+    # the PEs of a PU register the same broadcast row, and synthesis merges the equal
+    # registers), the 8x4/8x8 activation select and sign extension (a[l] or a[l/2]: a
+    # 2:1 mux of 8 bits + sign, Yosys fit 7.9 per lane), and the pipeline's control flags
+    # (valid/first/last/mode/user along S0, S1, the tree and the accumulator; Yosys fit,
+    # the rest of them become SRL16E shift registers counted in the LUTs).
+    "act_stage_ff_per_lane": 8,
+    "act_decode_lut_per_lane": 7.9,
+    "pe_ctrl_ff": 4.5,
+    # --- adder tree per PE: M leaves of 14-bit products; the first level adds a lane pair
+    # (the high lane x16 in 8x8 mode) into 19 bits, each level one bit wider (Yosys's
+    # wreduce trims the sign extension to exactly these widths); one LUT (carry chain) and
+    # one FF (pipelined levels) per sum bit.
+    "tree_first_width": PE_TREE_FIRST_BITS,
     "tree_lut_per_bit": 1.0,
     "tree_ff_per_bit": 1.0,
-    # 8x4/8x8 mode select of the shifted lane per lane pair (2:1 mux, 17 bits, dual LUT6)
-    "tree_mode_mux_lut_per_pair": 9,
-    # --- accumulator per PE (§2): ACC_BITS=32 adder + bias-load/bank mux; two banks + output reg
-    "acc_lut": 48,
-    "acc_ff": 96,
-    # --- requantizer per PE (docs/arithmetic.md §3): acc (32 bit) x M (16 bit) does not fit
-    # one DSP48E2 (27x18), so two DSPs (17/15-bit split of acc, summed on the cascade); LUTs:
-    # rounding add (48) + barrel shift by sh in [1, 62] (48 -> 16 bits, ~144) + saturation (16).
+    # 8x4/8x8 select of the x16 lane: Yosys folds it into the first level's adder LUTs
+    "tree_mode_mux_lut_per_pair": 0,
+    # --- accumulator per PE (§2): two ACC_BITS banks (64 FF); LUTs: the 32-bit add with
+    # its bias/bank operand select and the drained-bank read mux (Yosys fit)
+    "acc_lut": 60.8,
+    "acc_ff": 2 * PE_ACC_BITS,
+    # --- requantizer per PE (docs/arithmetic.md §3; sim/rtl/requant.v): acc (32) x M (16)
+    # on two DSP48E2 (27x18 + cascade); FFs: the 49-bit product register, shift (6),
+    # y_signed (1), the 8-bit code (RTL: 64); LUTs: the rounding constant 2^(sh-1), the
+    # 64-bit rounding add, the 64-bit arithmetic shift by sh and the two 64-bit clamps
+    # (Yosys: 540; the RTL works in 64 bits where the product has 49).
     "requant_dsp": 2,
-    "requant_lut": 208,
-    "requant_ff": 160,
-    # bias (32) + M (16) + sh (6) of the PE's channel, double-buffered with the weight tile
-    "chan_param_ff": 108,
+    "requant_lut": 540,
+    "requant_ff": 64,
+    # the PE's channel parameters (bias, M, sh: 54 bits) in the parameter-slot memory,
+    # ``chan_param_slots`` slots (one per tile in flight: double-buffered), LUTRAM
+    # (Yosys: RAM32M16, 14 bits per 8 LUTs)
+    "chan_param_slots": 2,
     # --- GELU (§4 LUT) at each PE output of a PU: 256x8 ROM in distributed RAM (8 bits x
-    # 4 LUT6 + F7/F8 muxes) + bypass mux
+    # 4 LUT6 + F7/F8 muxes) + bypass mux. No RTL yet: first-principles estimate.
     "gelu_port_lut": 40,
     "gelu_port_ff": 8,
-    # --- softmax core (docs/arithmetic.md §5), one per PU, per lane: k = mx - x (8),
-    # exp ROM 256x8 (32), max compare-select (16), round/clamp of e·R >> 24 (12); the
-    # product e (8 bit) x R (33 bit) as e·R_h on one DSP48E2 (R_h = R >> 9, 24 bits) plus
-    # e·R_l (8x9 LUT multiplier, FINN-R formula: 85) and their 32-bit sum (32)
-    "sm_lane_lut": 68 + finn_lut_mult(8, 9) + 32,
-    "sm_lane_ff": 80,
-    "sm_lane_dsp": 1,
-    # per core: 32-step radix-2 divider for R = floor(2^32/S) (33-bit subtract + select, 66),
-    # 32-bit sum accumulator (32), row control (120)
-    "sm_core_lut": 218,
-    "sm_core_ff": 231,
-    # --- LayerNorm core (docs/arithmetic.md §6, §7), per lane
-    # residual add a·M_a + b·M_b (§7): two DSPs (16x24 each), add + round + shift + saturate
+    # --- softmax core (docs/arithmetic.md §5; sim/rtl/softmax_core.v), one per PU.
+    # per lane: k = mx - x twice (exp-sum and normalise passes), the running-max compare/
+    # select, the exp-sum adder chain, e x R (8 x 33 bits: two DSP48E2), the rounding add,
+    # the overflow test and clamp; FFs: the lane's stage registers (codes, e, output,
+    # keep). Yosys fit over L = 2, 4 (the exp table and the row buffers are counted apart:
+    # ``lutram_mp_luts``, ``ram_dp``).
+    "sm_lane_lut": 163.3,
+    "sm_lane_ff": 44,
+    "sm_lane_dsp": 2,
+    # per core: the 32-step radix-2 divider for R = floor(2^32/S) (33-bit compare/subtract,
+    # quotient and remainder registers), the exp-sum accumulator, R and max registers along
+    # the normalise pipeline, the two state machines (Yosys fit)
+    "sm_core_lut": 132.4,
+    "sm_core_ff": 264,
+    # --- LayerNorm (docs/arithmetic.md §6, §7)
+    # residual add a·M_a + b·M_b (§7) per lane: two DSPs (16x24 each), add + round + shift
+    # + saturate. Not in the RTL (layernorm_core.v takes the sum): first-principles estimate.
     "ln_residual_dsp": 2,
     "ln_residual_lut": 176,
-    # d = x - mu (17), d^2 (1 DSP, 17x17), z·G (1 DSP, 24x16) + B, rshr by S, saturate (168)
-    "ln_lane_dsp": 2,
-    "ln_lane_lut": 185,
-    "ln_lane_ff": 200,
-    # per-element divider z = floor((d·2^25 + sigma) / (2·sigma)) (§6 step 7): pipelined
-    # restoring divider, |z| < 2^23 -> 24 quotient stages, each a 34-bit subtract/select;
-    # FFs per stage: partial remainder (34), divisor (33), quotient/numerator bits (24)
+    # per lane of sim/rtl/layernorm_core.v, the divider z = floor((d·2^25 + sigma)/(2 sigma))
+    # (§6 step 7): a pipelined restoring divider of 24 stages (|z| < 2^23), each a 50-bit
+    # (RW = 26 + 24) compare/subtract on the carry chain (50 LUTs) and remainder select
+    # (50 LUTs) with its 50-bit remainder register (RTL; the Yosys netlist of L = 1 has
+    # 1193 remainder FFs; the quotient bits ride in SRLs, the divisor is per core) ...
     "ln_div_stages": 24,
-    "ln_div_stage_lut": 35,
-    "ln_div_stage_ff": 91,
-    # per core: sum/SS accumulators (112), 32-step isqrt of a 62-bit value (130), the two
-    # divisions by the constant H per row (mu, v: multiply by a reciprocal, 12 DSPs + 280
-    # LUTs of glue), control (200)
-    "ln_core_lut": 722,
-    "ln_core_ff": 1000,
-    "ln_core_dsp": 12,
+    "ln_div_stage_lut": 100,
+    "ln_div_stage_ff": 50,
+    # ... and the rest of the lane: d = x - mu, d^2 (one DSP), the numerator and its
+    # magnitude, z·G (one DSP) + B, the 64-bit rshr and clamp, their registers (Yosys fit
+    # over L = 1, 2, 4 of the lane total, 2856 LUT / 1323 FF, less the divider)
+    "ln_lane_dsp": 2,
+    "ln_lane_lut": 456,
+    "ln_lane_ff": 123,
+    # per core: the 16-step (mu) and 48-step (v) sequential dividers, the 32-step isqrt of
+    # a 64-bit value (three 64-bit registers), the sum and SS accumulators, the divider
+    # pipeline's shared divisor registers (25 bits x 24 stages), control.
+    # No DSP: the divisions by H are sequential. Yosys fit.
+    "ln_core_lut": 844,
+    "ln_core_ff": 1303,
+    "ln_core_dsp": 0,
     # --- memories
-    # LUTRAM (RAM64M: 4 LUTs = 64 x 3 bits simple dual port) for shallow, small buffers
+    # LUTRAM for simple-dual-port buffers when shallow and small, else RAMB18 (``ram``);
+    # dual-port row buffers (a read at the write address and a second read port) stay in
+    # LUTRAM up to ``lutram_max_bits`` whatever their depth, as Yosys maps them (``ram_dp``)
     "lutram_max_depth": 64,
     "lutram_max_bits": 8192,
     # --- control: AXI4 master (weight DMA) + AXI4-Lite registers + layer sequencer;
@@ -468,8 +535,10 @@ COEFFS: dict[str, float] = {
     # per PU: tile/row sequencing, PE enables, output collection
     "pu_ctrl_lut": 250,
     "pu_ctrl_ff": 300,
-    # per PU: two register stages of the broadcast activation row (M codes x 8 bits)
-    "bcast_stages": 2,
+    # per PU: register stages of the broadcast activation row (M codes x 8 bits) between
+    # the activation buffer and the PEs, beyond the PEs' own input register (which the
+    # PE input stage counts): one stage for the fan-out to N PEs
+    "bcast_stages": 1,
 }
 
 
@@ -515,14 +584,18 @@ def _where(cond, a: Res, b: Res) -> Res:
 
 #: RAMB18 aspect ratios (depth, width): true dual port up to 1K x 18, simple dual port 512 x 36.
 BRAM18_MODES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+#: The true-dual-port ones (two read/write ports): up to 1K x 18.
+BRAM18_TDP_MODES = BRAM18_MODES[:-1]
 
 
-def bram18_count(depth, width):
+def bram18_count(depth, width, true_dual_port: bool = False):
     """RAMB18s for a ``depth x width`` memory: the best aspect ratio,
-    ``min over modes of ceil(depth/d)·ceil(width/w)`` (FINN uses the 1K x 18 mode only)."""
-    return np.minimum.reduce([ceil_div(depth, d) * ceil_div(width, w) for d, w in BRAM18_MODES]) \
+    ``min over modes of ceil(depth/d)·ceil(width/w)`` (FINN uses the 1K x 18 mode only);
+    ``true_dual_port``: two read ports, so no 512 x 36 mode."""
+    modes = BRAM18_TDP_MODES if true_dual_port else BRAM18_MODES
+    return np.minimum.reduce([ceil_div(depth, d) * ceil_div(width, w) for d, w in modes]) \
         if isinstance(depth, np.ndarray) or isinstance(width, np.ndarray) else \
-        min(ceil_div(depth, d) * ceil_div(width, w) for d, w in BRAM18_MODES)
+        min(ceil_div(depth, d) * ceil_div(width, w) for d, w in modes)
 
 
 def uram_count(depth, width):
@@ -531,8 +604,30 @@ def uram_count(depth, width):
 
 
 def lutram_luts(depth, width):
-    """LUTs of a LUTRAM ``depth x width`` (RAM64M: 4 LUTs per 64 x 3 bits)."""
-    return ceil_div(depth, 64) * ceil_div(width, 3) * 4
+    """LUTs of a simple-dual-port LUTRAM ``depth x width`` (one write, one read port), per 64
+    rows the cheapest UltraScale+ SLICEM primitive: RAM64M (4 LUTs, 3 bits), RAM64M8 (8
+    LUTs, 7 bits) or, 32 rows deep at most, RAM32M16 (8 LUTs, 14 bits; what Yosys picks
+    for the PE array's parameter slots)."""
+    m64 = np.minimum(ceil_div(width, 3) * 4, ceil_div(width, 7) * 8)
+    m32 = np.minimum(m64, ceil_div(width, 14) * 8)
+    out = ceil_div(depth, 64) * np.where(depth <= 32, m32, m64)
+    return out if isinstance(out, np.ndarray) and out.ndim else int(out)
+
+
+def lutram_dp_luts(depth, width):
+    """LUTs of a dual-port LUTRAM (a read/write port and a second read port:
+    RAM64X1D / RAM128X1D / RAM256X1D, two LUTs per bit per 64 rows, as Yosys maps the
+    cores' row buffers)."""
+    return 2 * ceil_div(depth, 64) * width
+
+
+def lutram_mp_luts(depth, width, read_ports):
+    """LUTs of a LUTRAM with one write port and ``read_ports`` read ports as Yosys maps it:
+    RAM64M8 (8 LUTs: seven one-bit read ports on one copy of a 64 x 1 column), replicated
+    per 7 read ports, per bit, per 64 rows (the softmax core's exp table, one read port per
+    lane in each of two passes). The 4:1 read multiplexers of a 256-deep table are in the
+    per-lane LUTs."""
+    return 8 * ceil_div(read_ports, 7) * width * ceil_div(depth, 64)
 
 
 def ram(depth, width, c: Mapping[str, float]) -> Res:
@@ -541,35 +636,63 @@ def ram(depth, width, c: Mapping[str, float]) -> Res:
     return _where(small, Res(lut=lutram_luts(depth, width)), Res(bram18=bram18_count(depth, width)))
 
 
-def adder_tree_luts(n, first_width, c: Mapping[str, float]):
-    """LUTs of a pipelined adder tree over ``n`` inputs: ``n−1`` adders, the first level
-    ``first_width`` bits, one bit more per level: ``(n−1)(w1−1) + 2n − k − 2`` sum bits for
+def ram_dp(depth, width, c: Mapping[str, float]) -> Res:
+    """One dual-port memory (the cores' row buffers: written and read by one unit, read by
+    the other): LUTRAM up to ``lutram_max_bits``, else true-dual-port RAMB18 (Yosys's
+    choice for layernorm_core's rows)."""
+    small = depth * width <= c["lutram_max_bits"]
+    return _where(small, Res(lut=lutram_dp_luts(depth, width)),
+                  Res(bram18=bram18_count(depth, width, true_dual_port=True)))
+
+
+def adder_tree_bits(n, first_width):
+    """Sum bits of a pipelined adder tree over ``n`` inputs: ``n−1`` adders, the first level
+    ``first_width`` bits, one bit more per level: ``(n−1)(w1−1) + 2n − k − 2`` for
     ``n = 2^k`` (exact for powers of two, an estimate otherwise)."""
     k = ceil_log2(n)
-    bits = (n - 1) * (first_width - 1) + 2 * n - k - 2
-    return np.maximum(bits, 0) * c["tree_lut_per_bit"]
+    return np.maximum((n - 1) * (first_width - 1) + 2 * n - k - 2, 0)
+
+
+def adder_tree_luts(n, first_width, c: Mapping[str, float]):
+    """LUTs of a pipelined adder tree over ``n`` inputs: ``adder_tree_bits`` times
+    ``tree_lut_per_bit`` (one LUT per sum bit on the carry chain)."""
+    return adder_tree_bits(n, first_width) * c["tree_lut_per_bit"]
 
 
 # --- components (each returns a Res; arguments are ints or arrays)
 
 
-def multipliers(n_pes_dsp, n_pes_lut, M, dsp2, c: Mapping[str, float]) -> Res:
+def multipliers(n_pes_dsp, n_pes_lut, M, dsp2, c: Mapping[str, float], n_pus_lut=None) -> Res:
     """The multiplier lanes: ``n_pes_dsp`` PEs on DSPs (``dsp2``: one DSP per two lanes that
-    share an activation, §3; else one per lane) and ``n_pes_lut`` PEs of LUT multipliers."""
+    share an activation, §3; else one per lane) and ``n_pes_lut`` PEs of LUT multipliers in
+    ``n_pus_lut`` PUs (default: one PU if there are LUT PEs), whose activation-side terms
+    are shared by the PU's PEs. Every lane has its weight-nibble register and product
+    register (bitsplit_pe.v S0, S1)."""
     dsp_lanes, lut_lanes = n_pes_dsp * M, n_pes_lut * M
+    lanes = dsp_lanes + lut_lanes
     n_dsp = np.where(dsp2, dsp_lanes / 2, dsp_lanes)
     unpack = np.where(dsp2, n_dsp, 0)
-    return Res(lut=(dsp_lanes + lut_lanes) * c["lane_operand_lut"] + unpack * c["dsp2_unpack_lut"]
-               + lut_lanes * c["lut_mult_lane_lut"],
-               ff=unpack * c["dsp2_unpack_ff"] + lut_lanes * c["lut_mult_lane_ff"],
+    if n_pus_lut is None:
+        n_pus_lut = np.minimum(n_pes_lut, 1)
+    return Res(lut=lanes * c["lane_operand_lut"] + unpack * c["dsp2_unpack_lut"]
+               + lut_lanes * c["lut_mult_lane_lut"] + n_pus_lut * M * c["lut_mult_act_lut"],
+               ff=lanes * (c["lane_weight_ff"] + c["lane_product_ff"]) + unpack * c["dsp2_unpack_ff"]
+               + lut_lanes * c["lut_mult_lane_ff"],
                dsp=n_dsp)
+
+
+def pe_input_stages(P, M, c: Mapping[str, float]) -> Res:
+    """The PEs' input stage, once per PU (its PEs take the same activation beat): the S0
+    activation register, the 8x4/8x8 activation select and the pipeline's control flags."""
+    return Res(lut=P * M * c["act_decode_lut_per_lane"],
+               ff=P * (M * c["act_stage_ff_per_lane"] + c["pe_ctrl_ff"]))
 
 
 def adder_trees(n_pes, M, c: Mapping[str, float]) -> Res:
     """One adder tree per PE over its ``M`` lane products (+ the 8x4/8x8 mode select)."""
-    tree = adder_tree_luts(M, c["tree_first_width"], c)
-    return Res(lut=n_pes * (tree + (M // 2) * c["tree_mode_mux_lut_per_pair"]),
-               ff=n_pes * tree * (c["tree_ff_per_bit"] / c["tree_lut_per_bit"]))
+    bits = adder_tree_bits(M, c["tree_first_width"])
+    return Res(lut=n_pes * (bits * c["tree_lut_per_bit"] + (M // 2) * c["tree_mode_mux_lut_per_pair"]),
+               ff=n_pes * bits * c["tree_ff_per_bit"])
 
 
 def accumulators(n_pes, c: Mapping[str, float]) -> Res:
@@ -577,11 +700,21 @@ def accumulators(n_pes, c: Mapping[str, float]) -> Res:
     return Res(lut=n_pes * c["acc_lut"], ff=n_pes * c["acc_ff"])
 
 
+def requant_units(n, c: Mapping[str, float]) -> Res:
+    """``n`` requantizers (sim/rtl/requant.v: 32x16 multiply, round, shift, saturate)."""
+    return Res(lut=n * c["requant_lut"], ff=n * c["requant_ff"], dsp=n * c["requant_dsp"])
+
+
+def channel_params(n_pes, c: Mapping[str, float]) -> Res:
+    """The per-channel bias/M/sh of ``n_pes`` PEs in the parameter-slot LUTRAM (pe_array.v:
+    one memory of all PEs' parameters; per PE its share, ``CHAN_PARAM_BITS`` bits wide)."""
+    return Res(lut=n_pes * lutram_luts(c["chan_param_slots"], CHAN_PARAM_BITS))
+
+
 def requantizers(n_pes, c: Mapping[str, float]) -> Res:
     """One requantizer per PE (32x16 multiply, round, shift, saturate) + its channel's
-    bias/M/sh registers."""
-    return Res(lut=n_pes * c["requant_lut"], ff=n_pes * (c["requant_ff"] + c["chan_param_ff"]),
-               dsp=n_pes * c["requant_dsp"])
+    bias/M/sh slots."""
+    return requant_units(n_pes, c) + channel_params(n_pes, c)
 
 
 def gelu_tables(P, N, c: Mapping[str, float]) -> Res:
@@ -590,28 +723,37 @@ def gelu_tables(P, N, c: Mapping[str, float]) -> Res:
 
 
 def softmax_cores(P, L_sm, R, c: Mapping[str, float]) -> Res:
-    """One softmax core per PU with ``L_sm`` lanes; its row buffer holds the scores and the
-    exps of two rows (``4·R`` bytes) for the overlapped divider."""
-    core = Res(lut=L_sm * c["sm_lane_lut"] + adder_tree_luts(L_sm, 9, c) + c["sm_core_lut"],
-               ff=L_sm * c["sm_lane_ff"] + adder_tree_luts(L_sm, 9, c) + c["sm_core_ff"],
+    """One softmax core per PU with ``L_sm`` lanes (sim/rtl/softmax_core.v, NMAX = ``R``): the
+    lanes, the divider and control, the 256 x 8 exp table (one read port per lane in each of
+    the exp-sum and normalise passes) and the two row buffers (``2·ceil(R/L_sm)`` beats of
+    ``L_sm`` codes and keep bits, dual port)."""
+    B = ceil_div(R, L_sm)
+    core = Res(lut=L_sm * c["sm_lane_lut"] + c["sm_core_lut"] + lutram_mp_luts(256, 8, 2 * L_sm),
+               ff=L_sm * c["sm_lane_ff"] + c["sm_core_ff"],
                dsp=L_sm * c["sm_lane_dsp"])
-    buf = ram(ceil_div(4 * R, L_sm), 8 * L_sm, c)
-    return (core + buf) * P
+    bufs = ram_dp(2 * B, 8 * L_sm, c) + ram_dp(2 * B, L_sm, c)
+    return (core + bufs) * P
+
+
+def layernorm_unit(L_ln, H, c: Mapping[str, float]) -> Res:
+    """sim/rtl/layernorm_core.v with ``L_ln`` lanes and HMAX = ``H``: the lanes, the front
+    unit's dividers and square root, its row buffers (two rows of int16 codes and keep
+    bits, dual port) and the per-element G (int16) and B (int32) memories."""
+    B = ceil_div(H, L_ln)
+    lanes = Res(lut=L_ln * (c["ln_lane_lut"] + c["ln_div_stages"] * c["ln_div_stage_lut"]),
+                ff=L_ln * (c["ln_lane_ff"] + c["ln_div_stages"] * c["ln_div_stage_ff"]),
+                dsp=L_ln * c["ln_lane_dsp"])
+    core = Res(lut=c["ln_core_lut"], ff=c["ln_core_ff"], dsp=c["ln_core_dsp"])
+    rows = ram_dp(2 * B, 16 * L_ln, c) + ram_dp(2 * B, L_ln, c)
+    params = ram(B, 16 * L_ln, c) + ram(B, 32 * L_ln, c)
+    return lanes + core + rows + params
 
 
 def layernorm_core(L_ln, H, c: Mapping[str, float]) -> Res:
-    """The LayerNorm core with ``L_ln`` lanes (residual add, mean, variance, isqrt, per-element
-    divider, affine); its buffers hold two 16-bit rows and the layer's G/B parameters."""
-    div_lut = c["ln_div_stages"] * c["ln_div_stage_lut"]
-    div_ff = c["ln_div_stages"] * c["ln_div_stage_ff"]
-    trees = adder_tree_luts(L_ln, 17, c) + adder_tree_luts(L_ln, 34, c)
-    lanes = Res(lut=L_ln * (c["ln_residual_lut"] + c["ln_lane_lut"] + div_lut) + trees,
-                ff=L_ln * (c["ln_lane_ff"] + div_ff) + trees,
-                dsp=L_ln * (c["ln_residual_dsp"] + c["ln_lane_dsp"]))
-    core = Res(lut=c["ln_core_lut"], ff=c["ln_core_ff"], dsp=c["ln_core_dsp"])
-    rows = ram(ceil_div(2 * H, L_ln), 16 * L_ln, c)
-    params = ram(ceil_div(2 * H, L_ln), 48 * L_ln, c)
-    return lanes + core + rows + params
+    """The LayerNorm core with ``L_ln`` lanes: the §7 residual add in front (not in the
+    RTL) + ``layernorm_unit`` (the RTL core)."""
+    residual = Res(lut=L_ln * c["ln_residual_lut"], dsp=L_ln * c["ln_residual_dsp"])
+    return residual + layernorm_unit(L_ln, H, c)
 
 
 def weight_buffer(P, N, M, K_max, c: Mapping[str, float]) -> Res:
@@ -639,10 +781,11 @@ def activation_buffer(work: Workload, M, uram_budget, c: Mapping[str, float]) ->
 
 
 def control(P, M, c: Mapping[str, float]) -> Res:
-    """AXI/DMA/sequencer (fixed) + per-PU control and activation broadcast registers."""
+    """AXI/DMA/sequencer (fixed) + per PU: control, activation broadcast registers and the
+    PEs' input stage (``pe_input_stages``)."""
     return Res(lut=c["ctrl_lut"] + P * c["pu_ctrl_lut"],
                ff=c["ctrl_ff"] + P * (c["pu_ctrl_ff"] + c["bcast_stages"] * 8 * M),
-               bram18=c["ctrl_bram18"])
+               bram18=c["ctrl_bram18"]) + pe_input_stages(P, M, c)
 
 
 def resources(work: Workload, fold, board: Board, coeffs: Mapping[str, float] | None = None,
@@ -653,7 +796,7 @@ def resources(work: Workload, fold, board: Board, coeffs: Mapping[str, float] | 
     n_dsp, n_lut = fold.P_dsp * N, fold.P_lut * N
     G = n_dsp + n_lut
     return {
-        "multipliers": multipliers(n_dsp, n_lut, M, fold.dsp2, c),
+        "multipliers": multipliers(n_dsp, n_lut, M, fold.dsp2, c, fold.P_lut),
         "adder_trees": adder_trees(G, M, c),
         "accumulators": accumulators(G, c),
         "requantizers": requantizers(G, c),

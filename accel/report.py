@@ -147,6 +147,29 @@ def _search(shape: tuple, board_name: str, clock_mhz: float):
     return engine.search(dict(shape), get_board(board_name), clock=clock_mhz)
 
 
+#: The Yosys cross-check of the engine's resource model (bench/yosys_crosscheck.py --write).
+YOSYS_CALIBRATION = Path(__file__).resolve().parent / "yosys_calibration.json"
+
+
+@lru_cache(maxsize=1)
+def _yosys_calibration() -> dict[str, Any] | None:
+    if not YOSYS_CALIBRATION.is_file():
+        return None
+    doc = json.loads(YOSYS_CALIBRATION.read_text(encoding="utf-8"))
+    return {"source": "accel/yosys_calibration.json", "tool": doc["yosys"],
+            "flow": doc["flow"], "threshold": doc["threshold"], "ratio": "model / Yosys",
+            "summary": doc["summary"],
+            "ratios": {r["id"]: {k: r["ratio"][k] for k in ("lut", "ff", "dsp", "bram18")} for r in doc["configs"]}}
+
+
+def yosys_crosscheck() -> dict[str, Any] | None:
+    """``report.json["yosys"]``: the ratios (cost model / Yosys) of the RTL modules in
+    accel/yosys_calibration.json, per configuration, and their summary (min, max, how many
+    within the threshold, per resource); ``None`` when the file is missing."""
+    doc = _yosys_calibration()
+    return copy.deepcopy(doc)
+
+
 def engine_estimates(config: dict, board: Board, clock_mhz: float) -> dict[str, Any]:
     """The report keys filled by the engine's cost model for an FQ-BERT encoder of shape
     ``config`` (``hidden``, ``layers``, ``heads``, ``ffn``, ``max_seq``) on ``board`` at
@@ -194,6 +217,7 @@ def engine_estimates(config: dict, board: Board, clock_mhz: float) -> dict[str, 
             "host_ms": None,  # embeddings and classifier on the ARM: not estimated
             "fqbert_folding_model": calib,
         },
+        "yosys": yosys_crosscheck(),
     }
 
 
@@ -250,6 +274,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
     pub = doc.get("published")
     if pub:
         lines += _published_markdown(doc, pub)
+    if doc.get("yosys"):
+        lines += _yosys_markdown(doc["yosys"])
     s = doc["seconds"]
     lines += ["## Timings", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in s.items()]
@@ -331,6 +357,33 @@ def _published_markdown(doc: dict[str, Any], pub: dict[str, Any]) -> list[str]:
               f"| clock (MHz) | {pub['clock_mhz']:g} | {doc['clock_mhz']:g} |",
               f"| weight compression vs fp32 | {pub['compression_vs_fp32']:g}x | "
               f"{_fmt(doc['compression_vs_fp32'])}x (IR matmul weights only) |", ""]
+    return lines
+
+
+def _yosys_markdown(y: dict[str, Any]) -> list[str]:
+    """Yosys cross-check: per RTL module, the range of the ratios cost model / Yosys."""
+    lines = ["## Yosys cross-check of the resource model", "",
+             f"RTL modules synthesised with {y['tool']} (`{y['flow']}`) against the cost model's "
+             f"components for the same hardware; ratio = model / Yosys (`{y['source']}`, written by "
+             "`python -m codesign.bench.yosys_crosscheck --write`). The LUT "
+             "coefficients are calibrated to Yosys, which packs LUTs less tightly than Vivado.", "",
+             "| module | configs | LUT | FF | DSP | BRAM18 |", "|---|---:|---:|---:|---:|---:|"]
+    by_module: dict[str, list[dict]] = {}
+    for cid, q in y["ratios"].items():
+        by_module.setdefault(cid.split()[0], []).append(q)
+
+    def rng(qs, k):
+        v = [q[k] for q in qs if q[k] is not None]
+        if not v:
+            return "-"
+        lo, hi = min(v), max(v)
+        return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}"
+
+    for mod, qs in by_module.items():
+        lines.append(f"| {mod} | {len(qs)} | " + " | ".join(rng(qs, k) for k in ("lut", "ff", "dsp", "bram18")) + " |")
+    within = ", ".join(f"{k} {y['summary'][k]['within']}/{y['summary'][k]['of']}"
+                       for k in ("lut", "ff", "dsp", "bram18") if k in y["summary"])
+    lines += ["", f"Within {y['threshold']:.0%} of Yosys: {within}.", ""]
     return lines
 
 

@@ -156,13 +156,20 @@ def train(model: str, config: str, out: Path, force: bool = False, seed: int = 0
             from codesign.quantize.train import save_checkpoint
 
             kw = {} if steps is None else {"steps": steps}
+
+            def step_line(d: dict) -> None:
+                say(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items()))
+
             try:
-                res = minilm.distill_minilm(seed=seed, progress=say, **kw)
+                res = minilm.distill_minilm(seed=seed, progress=step_line, **kw)
             except ValueError as e:
                 raise TrainError(str(e)) from None
             r = res.as_dict()
             md = _markdown_minilm(r)
-            summary = minilm.summary_line(r) if hasattr(minilm, "summary_line") else json.dumps(r)
+            summary = (f"sentence-embedding cosine, fp32 vs fully integer ({len(minilm.EVAL_SENTENCES)} sentences): "
+                       f"PTQ mean {r['ptq_cosine_mean']:.4f} (min {r['ptq_cosine_min']:.4f}), after "
+                       f"{r['steps']} distillation steps mean {r['cosine_mean']:.4f} (min {r['cosine_min']:.4f}); "
+                       "goal 0.99")
         save_checkpoint(res.model, stage / "model.pt", metadata=r)
         (stage / "train.json").write_text(json.dumps(r, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         (stage / "train.md").write_text(md, encoding="utf-8")

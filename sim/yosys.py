@@ -4,7 +4,8 @@
 project machine has Debian's 0.23) on a top module with given parameters and returns the
 primitive counts in the cost model's terms (:class:`Counts`):
 
-* ``lut``: LUT1–LUT6 plus LUTs used as memory (SRL16E/SRLC32E shift registers, LUTRAM);
+* ``lut``: LUT1–LUT6 plus LUTs used as memory (shift registers, LUTRAM), each primitive
+  at the LUTs it occupies (:data:`LUTMEM_LUTS`: a RAM64M8 is 8);
 * ``ff``: FDRE/FDSE/FDCE/FDPE;
 * ``dsp``: DSP48E2;
 * ``bram18``: RAMB18E2 + 2·RAMB36E2;
@@ -29,13 +30,34 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["Counts", "synth", "yosys_path", "YosysError", "RTL_DIR"]
+__all__ = ["Counts", "synth", "yosys_path", "YosysError", "RTL_DIR", "lut_equivalent", "LUTMEM_LUTS"]
 
 RTL_DIR = Path(__file__).resolve().parent / "rtl"
 
 _LUT = re.compile(r"^LUT[1-6]$")
-_LUTMEM = re.compile(r"^(SRL16E|SRLC32E|SRLC16E|RAM\d+[MSXD].*|RAM\d+X\d+[SD].*)$")
 _FF = {"FDRE", "FDSE", "FDCE", "FDPE"}
+
+#: LUTs per shift-register / LUTRAM primitive (UltraScale+ SLICEM).
+LUTMEM_LUTS = {
+    "SRL16E": 1, "SRLC16E": 1, "SRLC32E": 1,
+    "RAM32X1S": 1, "RAM32X1D": 2, "RAM32M": 4, "RAM32M16": 8,
+    "RAM64X1S": 1, "RAM64X1D": 2, "RAM64M": 4, "RAM64M8": 8,
+    "RAM128X1S": 2, "RAM128X1D": 4, "RAM256X1S": 4, "RAM256X1D": 8, "RAM512X1S": 8,
+}
+
+
+def lut_equivalent(cells: Mapping[str, int]) -> int:
+    """LUTs of a cell count: LUT1-6, plus shift registers and LUTRAM primitives at the
+    number of LUTs each occupies."""
+    n = 0
+    for cell, k in cells.items():
+        if _LUT.match(cell):
+            n += k
+        elif cell in LUTMEM_LUTS:
+            n += k * LUTMEM_LUTS[cell]
+        elif cell.startswith("RAM") and not cell.startswith("RAMB"):
+            raise YosysError(f"unknown LUTRAM primitive {cell}: add it to LUTMEM_LUTS")
+    return n
 
 
 class YosysError(RuntimeError):
@@ -69,7 +91,7 @@ def _version(exe: str) -> str:
 
 
 def _count(cells: Mapping[str, int]) -> Counts:
-    lut = sum(n for c, n in cells.items() if _LUT.match(c) or _LUTMEM.match(c))
+    lut = lut_equivalent(cells)
     ff = sum(n for c, n in cells.items() if c in _FF)
     dsp = cells.get("DSP48E2", 0)
     bram = cells.get("RAMB18E2", 0) + 2 * cells.get("RAMB36E2", 0)
