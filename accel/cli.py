@@ -111,6 +111,11 @@ def _cmd_ops(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _progress(msg: str) -> None:
+    """Progress lines of long sub-commands, flushed as they come."""
+    print(msg, flush=True)
+
+
 def _flow_errors():
     """Exception types of the flow that are reported as usage errors (exit 2)."""
     from codesign.accel.outdir import OutputExistsError
@@ -126,12 +131,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     from codesign.accel import flow
 
-    def progress(msg: str) -> None:
-        print(msg, flush=True)
-
     try:
         res = flow.build(args.model, board, out=args.out, config=args.config, force=args.force,
-                         csim=not args.no_csim, seed=args.seed, clock_mhz=args.clock, progress=progress,
+                         csim=not args.no_csim, seed=args.seed, clock_mhz=args.clock, progress=_progress,
                          weights=args.weights)
     except flow.FlowError as exc:
         raise CliError(str(exc), exc.code) from None
@@ -148,15 +150,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from codesign.accel import train_flow
 
-    def progress(msg: str) -> None:
-        print(msg, flush=True)
-
     out = Path(args.out) if args.out else Path("build") / f"train-{args.model}-{args.config}"
     try:
         res = train_flow.train(args.model, args.config, out, force=args.force, seed=args.seed,
                                epochs=args.epochs, qat_epochs=args.qat_epochs, steps=args.steps,
                                train_size=args.train_size,
-                               threads=args.threads, progress=progress)
+                               threads=args.threads, progress=_progress)
     except train_flow.TrainError as exc:
         raise CliError(str(exc), exc.code) from None
     except _flow_errors() as exc:
@@ -169,11 +168,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from codesign.accel import verify as vf
 
-    def progress(msg: str) -> None:
-        print(msg, flush=True)
-
     try:
-        rep = vf.verify(args.dir, rtl=args.rtl, sim=args.sim, progress=progress)
+        rep = vf.verify(args.dir, rtl=args.rtl, sim=args.sim, progress=_progress)
     except vf.VerifyError as exc:
         raise CliError(str(exc)) from None
     sys.stdout.write(rep.table())

@@ -239,11 +239,9 @@ def available() -> str | None:
 def cache_dir() -> Path:
     """``$CODESIGN_CACHE``, else ``$XDG_CACHE_HOME/codesign/csim`` (default
     ``~/.cache/codesign/csim``). Not created here."""
-    env = os.environ.get("CODESIGN_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "codesign" / "csim"
+    from codesign.sim.paths import cache_dir as _cache_dir
+
+    return _cache_dir("csim", "CODESIGN_CACHE")
 
 
 # --------------------------------------------------------------------------

@@ -234,11 +234,9 @@ def _verilator_runtime_dir() -> Path:
 def cache_dir() -> Path:
     """``$CODESIGN_RTL_CACHE``, else ``$XDG_CACHE_HOME/codesign/rtl`` (default
     ``~/.cache/codesign/rtl``). Not created here."""
-    env = os.environ.get("CODESIGN_RTL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "codesign" / "rtl"
+    from codesign.sim.paths import cache_dir as _cache_dir
+
+    return _cache_dir("rtl", "CODESIGN_RTL_CACHE")
 
 
 @contextlib.contextmanager

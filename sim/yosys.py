@@ -15,7 +15,7 @@ primitive counts in the cost model's terms (:class:`Counts`):
 Yosys's mapping is a *proxy* for Vivado's: it packs LUTs less aggressively and does not
 retime, so ratios near 1 mean the cost model's structure is right, not that a Vivado run
 would give these exact numbers. Results are cached by source hash, parameters and Yosys
-version under ``~/.cache/codesign/yosys`` (``CODESIGN_CACHE`` overrides the root).
+version under ``~/.cache/codesign/yosys`` (``CODESIGN_YOSYS_CACHE`` overrides it).
 """
 from __future__ import annotations
 
@@ -82,8 +82,9 @@ def yosys_path() -> str | None:
 
 
 def _cache_root() -> Path:
-    root = os.environ.get("CODESIGN_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "codesign") / "yosys"
+    from codesign.sim.paths import cache_dir
+
+    return cache_dir("yosys", "CODESIGN_YOSYS_CACHE")
 
 
 def _version(exe: str) -> str:

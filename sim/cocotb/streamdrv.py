@@ -143,3 +143,23 @@ async def run_streams(dut, sources: Sequence[Source], sinks: Sequence[Sink], n_o
     first = min(firsts) if firsts else 1
     return {"beats": sink.beats, "edges": sink.edges, "first_in": first,
             "cycles": sink.edges[-1] - first + 1 if sink.edges else 0}
+
+
+async def run_row_core(dut, case: dict, cycles_per_row: int) -> dict:
+    """One case of a row-streaming core (softmax_core, layernorm_core): drive ``case``'s
+    input beats (``data``, ``keep``, ``last``) on ``s_*`` and collect as many beats from
+    ``m_*``, with random gaps and back-pressure of probability ``case["stall"]``. The
+    cycle budget allows ``cycles_per_row`` per row. Returns the output beats and cycles."""
+    import random
+
+    rng = random.Random(case.get("seed", 1))
+    p = float(case.get("stall", 0.0))
+    src = Source(dut.s_tvalid, dut.s_tready,
+                 [(dut.s_tdata, case["data"]), (dut.s_tkeep, case["keep"]), (dut.s_tlast, case["last"])],
+                 p_gap=p, rng=rng)
+    out = Sink(dut.m_tvalid, dut.m_tready, [dut.m_tdata, dut.m_tkeep, dut.m_tlast], p_stall=p, rng=rng)
+    n_out = len(case["data"])
+    budget = 4 * (n_out * 3 + cycles_per_row * case["rows"] + 100) * (1 + int(10 * p))
+    res = await run_streams(dut, [src], [out], n_out, budget)
+    return {"data": [b[0] for b in res["beats"]], "keep": [b[1] for b in res["beats"]],
+            "last": [b[2] for b in res["beats"]], "cycles": res["cycles"]}
