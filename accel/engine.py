@@ -4,7 +4,8 @@ The engine is the one of [`docs/engine.md`](../docs/engine.md): ``P`` processing
 (PUs) of ``N`` processing elements (PEs), each PE a bit-split inner product of ``M``
 multiplier lanes; ``P_dsp`` PUs build their multipliers from DSP48E2 slices (``packing``
 ``"dsp1"``: one product per DSP, FQ-BERT's; ``"dsp2"``: two lanes that share their
-activation per DSP, §3) and ``P_lut`` PUs from LUTs. One softmax core per PU with ``L_sm``
+activation per DSP, §3; ``"dsp2c"``: dsp2's packing with the products accumulated along
+chains of DSPs instead of a fabric adder tree per PE, §3) and ``P_lut`` PUs from LUTs. One softmax core per PU with ``L_sm``
 lanes, one LayerNorm core with ``L_ln`` lanes.
 
 * **Cycles** are exactly docs/engine.md §4: each formula is one small function below,
@@ -45,6 +46,7 @@ import numpy as np
 from codesign.accel.boards import Board, get_board
 
 __all__ = [
+    "PACKINGS", "DSP_PACKINGS", "VERIFIED_PACKINGS",
     "D_PE_BASE", "D_SM", "D_LN", "SQRT_STEPS", "COEFFS", "coefficients", "ESTIMATE_LABEL",
     "Workload", "Folding", "Res", "Estimate", "FoldingResult",
     "ceil_div", "ceil_log2", "d_pe", "linear_tile_cycles", "linear_cycles", "tile_weight_bytes",
@@ -69,6 +71,10 @@ ESTIMATE_LABEL = ("cost model (docs/engine.md §4 cycles, accel/engine.py resour
 #: least one tree level). ``D_pe = D_PE_BASE + max(1, ceil(log2 M))``; to be kept equal to
 #: the RTL's parameter (``codesign.sim.rtl.d_pe``) when the two are reconciled.
 D_PE_BASE = 5
+#: dsp2c (§3): the longest DSP chain. The chain's low 18-bit field holds the sum of C lane
+#: products exactly while C·255·15 < 2^17 (8x8 mode's unsigned low nibble; 8x4: C·2040):
+#: C <= 34, so chains of at most 32 lanes.
+CHAIN_MAX = 32
 #: Softmax core depth per row beyond its three passes and the 32-step divider
 #: (sim/rtl/softmax_core.v; tests/test_engine.py compares with codesign.sim.rtl).
 D_SM = 6
@@ -168,14 +174,21 @@ PRESET_SHAPES: dict[str, dict[str, int]] = {
     "base": {"hidden": 768, "layers": 12, "heads": 12, "ffn": 3072, "max_seq": 128},
 }
 
-PACKINGS = ("dsp1", "dsp2", "lut")
+PACKINGS = ("dsp1", "dsp2", "lut", "dsp2c")
+#: the DSP PUs' packings (``search``'s ``packings``)
+DSP_PACKINGS = ("dsp1", "dsp2", "dsp2c")
+#: The packings whose synthesised RTL is the simulated RTL. dsp2c's chains instantiate
+#: DSP48E2 primitives for synthesis (Yosys 0.23 does not infer the cascade for xcup) and a
+#: behavioural equivalent for simulation; no DSP48E2 simulation model is available here to
+#: check the two against each other, so :func:`search` leaves dsp2c out unless asked.
+VERIFIED_PACKINGS = ("dsp1", "dsp2")
 
 
 @dataclass(frozen=True)
 class Folding:
     """One folding of the engine (docs/engine.md §1, §3).
 
-    ``P_dsp`` PUs with DSP multipliers packed as ``packing`` (``dsp1``/``dsp2``) and ``P_lut``
+    ``P_dsp`` PUs with DSP multipliers packed as ``packing`` (``dsp1``/``dsp2``/``dsp2c``) and ``P_lut``
     PUs of LUT multipliers, all with ``N`` PEs of ``M`` lanes; ``L_sm`` softmax lanes (one
     core per PU), ``L_ln`` LayerNorm lanes (one core); ``clock_mhz`` the assumed clock. An
     all-LUT folding has ``P_dsp = 0`` and ``packing = "lut"``.
@@ -199,8 +212,11 @@ class Folding:
             raise ValueError("need P_dsp, P_lut >= 0 and at least one PU")
         if self.N < 1 or self.M < 2 or self.M % 2:
             raise ValueError("need N >= 1 and an even M >= 2 (8x8 mode pairs lanes, §2)")
-        if self.packing == "dsp2" and self.P_dsp and self.N % 2:
-            raise ValueError("dsp2 packs lanes of PE pairs (2q, 2q+1): N must be even (§3)")
+        if self.packing in ("dsp2", "dsp2c") and self.P_dsp and self.N % 2:
+            raise ValueError(f"{self.packing} packs lanes of PE pairs (2q, 2q+1): N must be even (§3)")
+        if self.packing == "dsp2c" and self.M // 2 > CHAIN_MAX and (self.M // 2) % CHAIN_MAX:
+            raise ValueError(f"dsp2c chains of min(M/2, {CHAIN_MAX}) lanes: M/2 must be at most {CHAIN_MAX} "
+                             f"or a multiple of it (§3)")
         if min(self.L_sm, self.L_ln) < 1 or self.clock_mhz <= 0:
             raise ValueError("need L_sm, L_ln >= 1 and a positive clock")
 
@@ -215,7 +231,13 @@ class Folding:
 
     @property
     def dsp2(self) -> bool:
-        return self.packing == "dsp2"
+        """Two lanes per DSP48E2 (dsp2, dsp2c)."""
+        return self.packing in ("dsp2", "dsp2c")
+
+    @property
+    def chain(self) -> bool:
+        """dsp2c: the DSP PUs' products accumulate along DSP chains (§3)."""
+        return self.packing == "dsp2c"
 
     @property
     def lanes(self) -> int:
@@ -236,10 +258,25 @@ def fqbert_folding(N: int, M: int, P: int = 12, clock_mhz: float = 214.0) -> Fol
 # Cycle model: docs/engine.md §4, one function per formula
 
 
-def d_pe(M):
+def chain_length(M):
+    """dsp2c (§3): lanes per DSP chain, ``C = min(M/2, 32)`` (chains over the lanes of one
+    parity; ``M/2`` at most 32 or a multiple of 32)."""
+    return np.minimum(M // 2, CHAIN_MAX)
+
+
+def d_pe(M, packing="dsp2"):
     """``D_pe`` (§4): the PE array's pipeline depth, ``D_PE_BASE + max(1, ceil(log2 M))``
-    (input and product registers, the adder tree's levels, accumulate, requant)."""
-    return D_PE_BASE + np.maximum(1, ceil_log2(M))
+    (input and product registers, the adder tree's levels, accumulate, requant); for
+    ``packing = "dsp2c"`` ``D_PE_BASE + C + max(1, ceil(log2(M/C)))``, ``C = min(M/2, 32)``
+    (input register, the chain's C positions, its output one cycle after the last M
+    register, the tree over the M/C chain sums, accumulate, requant). ``packing`` may be a
+    boolean array (True: dsp2c) for the vectorised search."""
+    chain = (packing == "dsp2c") if isinstance(packing, str) else np.asarray(packing, dtype=bool)
+    C = chain_length(M)
+    deep = D_PE_BASE + C + np.maximum(1, ceil_log2(M // np.maximum(C, 1)))
+    flat = D_PE_BASE + np.maximum(1, ceil_log2(M))
+    out = np.where(chain, deep, flat)
+    return out.item() if np.ndim(out) == 0 else out
 
 
 def linear_tile_cycles(R, K, M):
@@ -346,7 +383,7 @@ def memory_stall_cycles(work: Workload, fold, bytes_per_cycle):
     """What the weight loads add to one layer's six linears (§4): ``linear_cycles_with_memory``
     minus ``linear_cycles``, summed."""
     R, M, G = work.R, fold.M, fold.G
-    dp = d_pe(M)
+    dp = d_pe(M, fold.chain)
     return sum(linear_cycles_with_memory(R, K, Nout, G, M, dp, bytes_per_cycle) - linear_cycles(R, K, Nout, G, M, dp)
                for K, Nout in work.linears().values())
 
@@ -357,7 +394,7 @@ def layer_cycles(work: Workload, fold, board: Board | None = None) -> dict[str, 
     ``D_pe``), ``attention_qk``, ``attention_pv``, ``softmax``, ``layernorm``,
     ``memory_stall`` (what the weight loads add to the linears), ``total``."""
     R, P, N, M, G = work.R, fold.P, fold.N, fold.M, fold.G
-    dp = d_pe(M)
+    dp = d_pe(M, fold.chain)
     parts: dict[str, Any] = {name: linear_cycles(R, K, Nout, G, M, dp) for name, (K, Nout) in work.linears().items()}
     rounds = ceil_div(work.heads, P)
     parts["attention_qk"] = rounds * qk_head_cycles(R, work.d, N, M)
@@ -409,6 +446,7 @@ def finn_lut_mult(W: int, A: int) -> int:
 #: Widths of the RTL (sim/rtl/bitsplit_pe.v, requant.v) that the formulas use.
 PE_PRODUCT_BITS = 14   # 9-bit signed activation x 5-bit signed nibble (P_BITS)
 PE_TREE_FIRST_BITS = 19  # first tree level: 14-bit lo + (14-bit hi << 4 in 8x8 mode), +1 carry
+PE_CHAIN_TREE_FIRST_BITS = 23  # dsp2c: 18-bit chain sums, x16 on the hi chains, +1 carry
 PE_ACC_BITS = 32
 CHAN_PARAM_BITS = 32 + 16 + 6  # bias, requant multiplier M, shift sh of one channel
 
@@ -443,6 +481,19 @@ COEFFS: dict[str, float] = {
     # (Yosys fit over M = 8, 16, 32)
     "dsp2_unpack_lut": 5.4,
     "dsp2_unpack_ff": 1.8,
+    # dsp2c (§3; bitsplit_pe.v PACKING 3, dsp2_chain.v): no product register and no
+    # per-lane unpack (the pre-adder, multiplier, M/P registers and the chain's adders are
+    # inside the DSP48E2s); per chain position j >= 1 the (a, w0, w1) operands (9 + 5 + 5 =
+    # 19 bits) wait j cycles in skew registers, which Yosys maps to SRL16E/SRLC32E (about one
+    # LUT per operand bit: 19.1) and into which it folds the lane's S0 registers (fewer FFs
+    # than the common lane registers count: -6.5 per skewed position); per chain the
+    # extraction of the two 18-bit sums, the chain's depth-1 operand FFs and the control
+    # flags' C-stage delay line, less the per-PE parts Yosys shares in this variant (the
+    # negative LUT term). Yosys fit over bitsplit_pe dsp2c M = 8, 16, 32 (exact there).
+    "dsp2c_skew_lut": 19.1,
+    "dsp2c_skew_ff": -6.5,
+    "dsp2c_chain_lut": -24.2,
+    "dsp2c_chain_ff": 49.1,
     # --- the PE input stage, once per PU: the S0 activation register (8 bits per lane;
     # the PEs of a PU register the same broadcast row, and synthesis merges the equal
     # registers), the 8x4/8x8 activation select and sign extension (a[l] or a[l/2]: a
@@ -662,23 +713,37 @@ def adder_tree_luts(n, first_width, c: Mapping[str, float]):
 # --- components (each returns a Res; arguments are ints or arrays)
 
 
-def multipliers(n_pes_dsp, n_pes_lut, M, dsp2, c: Mapping[str, float], n_pus_lut=None) -> Res:
+def multipliers(n_pes_dsp, n_pes_lut, M, dsp2, c: Mapping[str, float], n_pus_lut=None, chain=False) -> Res:
     """The multiplier lanes: ``n_pes_dsp`` PEs on DSPs (``dsp2``: one DSP per two lanes that
     share an activation, §3; else one per lane) and ``n_pes_lut`` PEs of LUT multipliers in
     ``n_pus_lut`` PUs (default: one PU if there are LUT PEs), whose activation-side terms
     are shared by the PU's PEs. Every lane has its weight-nibble register and product
-    register (bitsplit_pe.v S0, S1)."""
+    register (bitsplit_pe.v S0, S1). ``chain`` (dsp2c, with ``dsp2``): the DSP PEs' lanes
+    have no product register and no unpack; instead ``dsp_chain_parts``."""
     dsp_lanes, lut_lanes = n_pes_dsp * M, n_pes_lut * M
     lanes = dsp_lanes + lut_lanes
     n_dsp = np.where(dsp2, dsp_lanes / 2, dsp_lanes)
-    unpack = np.where(dsp2, n_dsp, 0)
+    unpack = np.where(dsp2 & ~np.asarray(chain, dtype=bool), n_dsp, 0)
+    prod_lanes = np.where(chain, lut_lanes, lanes)
     if n_pus_lut is None:
         n_pus_lut = np.minimum(n_pes_lut, 1)
     return Res(lut=lanes * c["lane_operand_lut"] + unpack * c["dsp2_unpack_lut"]
                + lut_lanes * c["lut_mult_lane_lut"] + n_pus_lut * M * c["lut_mult_act_lut"],
-               ff=lanes * (c["lane_weight_ff"] + c["lane_product_ff"]) + unpack * c["dsp2_unpack_ff"]
+               ff=lanes * c["lane_weight_ff"] + prod_lanes * c["lane_product_ff"] + unpack * c["dsp2_unpack_ff"]
                + lut_lanes * c["lut_mult_lane_ff"],
-               dsp=n_dsp)
+               dsp=n_dsp) + dsp_chain_parts(np.where(chain, n_pes_dsp, 0), M, c)
+
+
+def dsp_chain_parts(n_pes, M, c: Mapping[str, float]) -> Res:
+    """dsp2c (§3) around the DSPs of ``n_pes`` PEs (``n_pes/2`` PE pairs): per pair ``M/C``
+    chains of ``C = min(M/2, 32)`` positions; the operands of position ``j`` wait ``j``
+    cycles (skew registers), each chain ends in the extraction of the pair's two sums."""
+    C = chain_length(M)
+    pairs = n_pes / 2
+    chains = pairs * (M // np.maximum(C, 1))
+    skewed = chains * np.maximum(C - 1, 0)
+    return Res(lut=skewed * c["dsp2c_skew_lut"] + chains * c["dsp2c_chain_lut"],
+               ff=skewed * c["dsp2c_skew_ff"] + chains * c["dsp2c_chain_ff"])
 
 
 def pe_input_stages(P, M, c: Mapping[str, float]) -> Res:
@@ -688,11 +753,17 @@ def pe_input_stages(P, M, c: Mapping[str, float]) -> Res:
                ff=P * (M * c["act_stage_ff_per_lane"] + c["pe_ctrl_ff"]))
 
 
-def adder_trees(n_pes, M, c: Mapping[str, float]) -> Res:
-    """One adder tree per PE over its ``M`` lane products (+ the 8x4/8x8 mode select)."""
+def adder_trees(n_pes, M, c: Mapping[str, float], n_chain_pes=0) -> Res:
+    """One adder tree per PE over its ``M`` lane products (+ the 8x4/8x8 mode select); of the
+    ``n_pes``, ``n_chain_pes`` are dsp2c PEs (§3) whose tree only adds the ``M/C`` chain sums
+    (18 bits, the hi chains x16 in 8x8 mode)."""
+    flat = n_pes - n_chain_pes
     bits = adder_tree_bits(M, c["tree_first_width"])
-    return Res(lut=n_pes * (bits * c["tree_lut_per_bit"] + (M // 2) * c["tree_mode_mux_lut_per_pair"]),
-               ff=n_pes * bits * c["tree_ff_per_bit"])
+    C = chain_length(M)
+    cbits = adder_tree_bits(M // np.maximum(C, 1), PE_CHAIN_TREE_FIRST_BITS)
+    return Res(lut=flat * (bits * c["tree_lut_per_bit"] + (M // 2) * c["tree_mode_mux_lut_per_pair"])
+               + n_chain_pes * cbits * c["tree_lut_per_bit"],
+               ff=(flat * bits + n_chain_pes * cbits) * c["tree_ff_per_bit"])
 
 
 def accumulators(n_pes, c: Mapping[str, float]) -> Res:
@@ -796,8 +867,8 @@ def resources(work: Workload, fold, board: Board, coeffs: Mapping[str, float] | 
     n_dsp, n_lut = fold.P_dsp * N, fold.P_lut * N
     G = n_dsp + n_lut
     return {
-        "multipliers": multipliers(n_dsp, n_lut, M, fold.dsp2, c, fold.P_lut),
-        "adder_trees": adder_trees(G, M, c),
+        "multipliers": multipliers(n_dsp, n_lut, M, fold.dsp2, c, fold.P_lut, fold.chain),
+        "adder_trees": adder_trees(G, M, c, np.where(fold.chain, n_dsp, 0)),
         "accumulators": accumulators(G, c),
         "requantizers": requantizers(G, c),
         "gelu": gelu_tables(P, N, c),
@@ -944,6 +1015,7 @@ class _Grid:
     L_sm: np.ndarray
     L_ln: np.ndarray
     clock_mhz: Any = 250.0
+    chain: Any = False  # dsp2c (bool array)
 
     @property
     def P(self):
@@ -955,7 +1027,7 @@ class _Grid:
 
     def take(self, idx) -> "_Grid":
         return _Grid(*(getattr(self, f)[idx] for f in ("P_dsp", "P_lut", "N", "M", "dsp2", "L_sm", "L_ln")),
-                     clock_mhz=self.clock_mhz)
+                     clock_mhz=self.clock_mhz, chain=np.broadcast_to(self.chain, self.N.shape)[idx])
 
 
 @dataclass
@@ -996,7 +1068,7 @@ def _pareto_indices(lat: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 
 def search(cfg: Any, board: Board | str, clock: float | None = None, limit: float = 0.85, *,
-           packings: Iterable[str] = ("dsp1", "dsp2"), max_pus: int = 24,
+           packings: Iterable[str] = VERIFIED_PACKINGS, max_pus: int = 24,
            Ns: Iterable[int] = (2, 4, 8, 16, 32), Ms: Iterable[int] = (8, 16, 32, 64, 128),
            L_sms: Iterable[int] = (4, 8, 16, 32), L_lns: Iterable[int] = (8, 16, 32, 64),
            coeffs: Mapping[str, float] | None = None, front_points: int = 40) -> FoldingResult:
@@ -1016,17 +1088,20 @@ def search(cfg: Any, board: Board | str, clock: float | None = None, limit: floa
     clocks = (float(clock),) if clock is not None else b.clock_grid_mhz()
     packings = tuple(packings)
     for p in packings:
-        if p not in ("dsp1", "dsp2"):
-            raise ValueError(f"packings: {p!r} (the DSP PUs' packing: dsp1 or dsp2; LUT PUs are P_lut)")
+        if p not in DSP_PACKINGS:
+            raise ValueError(f"packings: {p!r} (the DSP PUs' packing: {', '.join(DSP_PACKINGS)}; "
+                             "LUT PUs are P_lut)")
     # the grid: packing code x P_dsp x P_lut x N x M x L_sm x L_ln; P_dsp = 0 only once (all LUT)
-    pk = np.array([p == "dsp2" for p in packings] + [False], dtype=bool)
+    pk = np.array([p in ("dsp2", "dsp2c") for p in packings] + [False], dtype=bool)
+    ch = np.array([p == "dsp2c" for p in packings] + [False], dtype=bool)
     is_lut_only = np.array([False] * len(packings) + [True])
     axes = np.meshgrid(np.arange(len(pk)), np.arange(0, max_pus + 1), np.arange(0, max_pus + 1),
                        np.asarray(list(Ns)), np.asarray(list(Ms)), np.asarray(list(L_sms)),
                        np.asarray(list(L_lns)), indexing="ij")
     ipk, Pd, Pl, N, M, Ls, Ll = (a.ravel() for a in axes)
     ok = ((Pd > 0) != is_lut_only[ipk]) & (Pd + Pl >= 1) & ((N % 2 == 0) | ~pk[ipk] | (Pd == 0))
-    g = _Grid(Pd[ok], Pl[ok], N[ok], M[ok], pk[ipk[ok]], Ls[ok], Ll[ok])
+    ok &= ~ch[ipk] | (M // 2 <= CHAIN_MAX) | ((M // 2) % CHAIN_MAX == 0)  # dsp2c chains (§3)
+    g = _Grid(Pd[ok], Pl[ok], N[ok], M[ok], pk[ipk[ok]], Ls[ok], Ll[ok], chain=ch[ipk[ok]])
     packing_of = np.where(is_lut_only[ipk[ok]], "lut", np.asarray(packings + ("lut",))[ipk[ok]])
     comps = resources(work, g, b, c, limit)
     tot = total_resources(comps)
@@ -1040,8 +1115,9 @@ def search(cfg: Any, board: Board | str, clock: float | None = None, limit: floa
     if len(fi) == 0:
         return FoldingResult(None, {"power": [], "lut": []}, int(ok.sum()) * len(clocks), 0, clocks, limit,
                              time.perf_counter() - t0)
-    # Cycles depend on (P, N, M, L_sm, L_ln) and the clock only: evaluate each such key once.
-    key = np.stack([gf.P, gf.N, gf.M, gf.L_sm, gf.L_ln], axis=1)
+    # Cycles depend on (P, N, M, L_sm, L_ln), D_pe's packing (dsp2c or not) and the clock
+    # only: evaluate each such key once.
+    key = np.stack([gf.P, gf.N, gf.M, gf.L_sm, gf.L_ln, gf.chain.astype(np.int64)], axis=1)
     ukeys, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
     inv = inv.ravel()
     gu = gf.take(first)

@@ -97,6 +97,10 @@ def one_board(cfg: str, name: str, front: int) -> dict:
         print(f"   folding: {_fold(e.folding)}")
         print(f"   latency {e.latency_ms:.3f} ms, {e.fps:.1f} fps, power {e.power_w:.2f} W, "
               f"{e.fps_per_w:.2f} fps/W, DDR {e.ddr_gbps:.2f} GB/s of {b.ddr_gbps:.1f}")
+        if clock is None:
+            c2 = E.search(cfg, b, clock=None, packings=E.DSP_PACKINGS).best
+            print(f"   with dsp2c allowed (DSP-cascade chains; their DSP48E2 synthesis path is not "
+                  f"simulated here): {c2.latency_ms:.3f} ms, {_fold(c2.folding)}")
         if cfg == "base":
             goal = E.GOALS_MS[name]
             print(f"   goal {goal} ms: {'MET' if e.latency_ms <= goal else 'not met'} "

@@ -6,10 +6,12 @@ Synthesises RTL modules of ``sim/rtl`` with Yosys (``codesign.sim.yosys.synth``:
 ``synth_xilinx -family xcup -flatten -noiopad``, cached) and compares LUT, FF, DSP48E2 and
 RAMB18 counts with the cost model's components for **exactly what each module contains**:
 
-* ``bitsplit_pe`` (M = 8, 16, 32 x dsp2 / dsp1 / lut): the lanes (``multipliers``), one
-  adder tree and one accumulator per PE (``adder_trees``, ``accumulators``) and the PE
-  input stage of one PU (``pe_input_stages``: activation register, 8x4/8x8 select,
-  control flags); no requantizer. A dsp2 instance is a PE pair (NPE = 2).
+* ``bitsplit_pe`` (M = 8, 16, 32 x dsp2 / dsp1 / lut / dsp2c): the lanes
+  (``multipliers``; dsp2c with its skew registers and chain extraction,
+  ``dsp_chain_parts``), one adder tree and one accumulator per PE (``adder_trees``,
+  ``accumulators``) and the PE input stage of one PU (``pe_input_stages``: activation
+  register, 8x4/8x8 select, control flags); no requantizer. A dsp2 or dsp2c instance is a
+  PE pair (NPE = 2).
 * ``requant``: one requantizer (``requant_units``), without the channel-parameter memory
   (the module takes M and sh as inputs).
 * ``pe_array`` (G = 4, M = 8, each packing, ``ACC_OUT = 0``: the raw-accumulator bypass is
@@ -57,6 +59,8 @@ CALIBRATION_PATH = Path(E.__file__).resolve().parent / "yosys_calibration.json"
 THRESHOLD = 0.25  # |model / Yosys - 1| allowed for LUT, FF, DSP (the 25 %)
 KEYS = ("lut", "ff", "dsp", "bram18")
 PACKING = {"dsp2": 0, "dsp1": 1, "lut": 2}
+#: packings synthesised as bitsplit_pe only (M = 8, 16, 32), appended after the others
+PE_ONLY_PACKING = {"dsp2c": 3}
 
 
 
@@ -76,8 +80,11 @@ class Config:
 
 def _bitsplit_pe(p: Mapping[str, int], c) -> E.Res:
     M, npe, pk = p["M"], p["NPE"], p["PACKING"]
-    mult = (E.multipliers(0, npe, M, False, c) if pk == 2 else E.multipliers(npe, 0, M, pk == 0, c))
-    return mult + E.adder_trees(npe, M, c) + E.accumulators(npe, c) + E.pe_input_stages(1, M, c)
+    chain = pk == 3
+    mult = (E.multipliers(0, npe, M, False, c) if pk == 2
+            else E.multipliers(npe, 0, M, pk in (0, 3), c, chain=chain))
+    return (mult + E.adder_trees(npe, M, c, npe if chain else 0) + E.accumulators(npe, c)
+            + E.pe_input_stages(1, M, c))
 
 
 def _pe_array(p: Mapping[str, int], c) -> E.Res:
@@ -95,8 +102,8 @@ _MODELS: dict[str, Callable[[Mapping[str, int], Mapping[str, float]], E.Res]] = 
     "layernorm_core": lambda p, c: E.layernorm_unit(p["L"], p["HMAX"], c),
 }
 
-_PE_SRC = ("dsp2_mul.v", "bitsplit_pe.v")
-_ARRAY_SRC = ("dsp2_mul.v", "bitsplit_pe.v", "requant.v", "pe_array.v")  # ENGINE_SOURCES[:4]
+_PE_SRC = ("dsp2_mul.v", "dsp2_chain.v", "bitsplit_pe.v")
+_ARRAY_SRC = ("dsp2_mul.v", "dsp2_chain.v", "bitsplit_pe.v", "requant.v", "pe_array.v")  # ENGINE_SOURCES[:5]
 
 
 def _configs() -> list[Config]:
@@ -118,6 +125,11 @@ def _configs() -> list[Config]:
     for L in (1, 2, 4):
         out.append(Config(f"layernorm_core L={L} HMAX=768", "layernorm_core", ("layernorm_core.v",),
                           {"L": L, "HMAX": 768}, "layernorm_unit (L_ln=L, H=HMAX): no residual add"))
+    for M in (8, 16, 32):
+        for name, pk in PE_ONLY_PACKING.items():
+            out.append(Config(f"bitsplit_pe M={M} {name}", "bitsplit_pe", _PE_SRC, {"M": M, "NPE": 2, "PACKING": pk},
+                              "multipliers + dsp_chain_parts + adder_trees + accumulators (NPE PEs) "
+                              "+ pe_input_stages (1 PU)"))
     return out
 
 
@@ -212,7 +224,10 @@ FIT_GROUPS = (
     (("requant",), "ff", ("requant_ff",)),
     (tuple(f"bitsplit_pe M={M} {pk}" for M in (8, 16, 32) for pk in ("dsp2", "dsp1")), "lut",
      ("act_decode_lut_per_lane", "dsp2_unpack_lut", "acc_lut")),
-    (("bitsplit_pe",), "ff", ("dsp2_unpack_ff", "lut_mult_lane_ff", "pe_ctrl_ff")),
+    (tuple(f"bitsplit_pe M={M} {pk}" for M in (8, 16, 32) for pk in PACKING), "ff",
+     ("dsp2_unpack_ff", "lut_mult_lane_ff", "pe_ctrl_ff")),
+    (tuple(f"bitsplit_pe M={M} dsp2c" for M in (8, 16, 32)), "lut", ("dsp2c_skew_lut", "dsp2c_chain_lut")),
+    (tuple(f"bitsplit_pe M={M} dsp2c" for M in (8, 16, 32)), "ff", ("dsp2c_skew_ff", "dsp2c_chain_ff")),
     (("bitsplit_pe M=8 lut", "bitsplit_pe M=16 lut", "bitsplit_pe M=32 lut", "pe_array G=2 M=8 lut",
       "pe_array G=4 M=8 lut", "pe_array G=8 M=8 lut"), "lut", ("lut_mult_lane_lut", "lut_mult_act_lut")),
     (("softmax_core",), "lut", ("sm_lane_lut", "sm_core_lut")),

@@ -52,7 +52,7 @@ __all__ = [
     "RTL_DIR", "TB_DIR", "PACKING", "SIMULATORS",
     "verilator_path", "icarus_path", "simulator_problem", "available_simulators",
     "cache_dir", "build", "run_cocotb", "RtlError",
-    "d_pe", "lanes", "kbeats", "tile_cycles", "matmul_cycles", "softmax_cycles",
+    "d_pe", "chain_length", "lanes", "kbeats", "tile_cycles", "matmul_cycles", "softmax_cycles",
     "layernorm_cycles",
     "pack_lanes", "pack_activations", "pack_weights", "pack_qp", "pack_rows", "unpack_outputs",
     "run_softmax", "run_softmaxes", "run_layernorm", "run_layernorms",
@@ -64,11 +64,11 @@ RTL_DIR = Path(__file__).resolve().parent / "rtl"
 TB_DIR = Path(__file__).resolve().parent / "cocotb"
 
 #: packing name -> the RTL's PACKING parameter (bitsplit_pe.v)
-PACKING: Mapping[str, int] = {"dsp2": 0, "dsp1": 1, "lut": 2}
+PACKING: Mapping[str, int] = {"dsp2": 0, "dsp1": 1, "lut": 2, "dsp2c": 3}
 SIMULATORS = ("verilator", "icarus")
 
 #: sources of engine_top (and of pe_array, a subset), in dependency order
-ENGINE_SOURCES = ("dsp2_mul.v", "bitsplit_pe.v", "requant.v", "pe_array.v", "engine_top.v")
+ENGINE_SOURCES = ("dsp2_mul.v", "dsp2_chain.v", "bitsplit_pe.v", "requant.v", "pe_array.v", "engine_top.v")
 
 # Bumped whenever the build recipe changes (invalidates cached builds).
 _RECIPE = 2
@@ -372,10 +372,28 @@ def run_cocotb(sim: str, toplevel: str, sources: Sequence[str | Path], test_modu
 # Cycle model (docs/engine.md §4)
 # ---------------------------------------------------------------------------
 
-def d_pe(M: int) -> int:
-    """The PE array's pipeline depth D_pe (pe_array.v): input register, product
-    register, clog2(M) adder-tree levels (at least 1), accumulate, 2 requant registers."""
+def chain_length(M: int) -> int:
+    """dsp2c: lanes per DSP chain, C = min(M/2, 32) (the chains run over the lanes of one
+    parity; bitsplit_pe.v). M/2 must be at most 32 or a multiple of 32."""
     _check_m(M)
+    C = min(M // 2, 32)
+    if (M // 2) % C:
+        raise ValueError(f"M={M}: dsp2c needs M/2 <= 32 or a multiple of 32")
+    return C
+
+
+def d_pe(M: int, packing: str = "dsp2") -> int:
+    """The PE array's pipeline depth D_pe (pe_array.v): input register, product
+    register, clog2(M) adder-tree levels (at least 1), accumulate, 2 requant registers.
+    ``packing = "dsp2c"``: input register, the DSP chain (C = min(M/2, 32) positions, the
+    sum leaves the last P register C + 1 cycles after the input register), clog2(M/C)
+    tree levels (at least 1), accumulate, 2 requant registers: 5 + C + max(1, clog2(M/C))."""
+    _check_m(M)
+    if packing not in PACKING:
+        raise ValueError(f"packing {packing!r} not in {list(PACKING)}")
+    if packing == "dsp2c":
+        C = chain_length(M)
+        return 5 + C + max(1, math.ceil(math.log2(M // C)))
     return 5 + max(1, math.ceil(math.log2(M)))
 
 
@@ -390,14 +408,14 @@ def kbeats(K: int, M: int, mode: int) -> int:
     return -(-K // lanes(M, mode))
 
 
-def tile_cycles(R: int, K: int, M: int, mode: int) -> int:
+def tile_cycles(R: int, K: int, M: int, mode: int, packing: str = "dsp2") -> int:
     """One tile of G channels alone: R * kbeats + D_pe."""
-    return R * kbeats(K, M, mode) + d_pe(M)
+    return R * kbeats(K, M, mode) + d_pe(M, packing)
 
 
-def matmul_cycles(R: int, K: int, Nout: int, G: int, M: int, mode: int) -> int:
+def matmul_cycles(R: int, K: int, Nout: int, G: int, M: int, mode: int, packing: str = "dsp2") -> int:
     """engine_top: ceil(Nout / G) tiles back to back: T * R * kbeats + D_pe."""
-    return -(-Nout // G) * R * kbeats(K, M, mode) + d_pe(M)
+    return -(-Nout // G) * R * kbeats(K, M, mode) + d_pe(M, packing)
 
 
 def _check_m(M: int) -> None:
@@ -709,10 +727,10 @@ def run_matmuls(problems: Sequence[Mapping[str, Any]], *, G: int = 4, M: int = 8
         # tile-major beats (t, r) -> R x (T*G) -> R x Nout
         codes = codes.reshape(T, R, G).transpose(1, 0, 2).reshape(R, T * G)[:, :N]
         accs = accs.reshape(T, R, G).transpose(1, 0, 2).reshape(R, T * G)[:, :N]
-        if res["d_pe"] != d_pe(M):
-            raise RtlError(f"engine_top reports D_pe={res['d_pe']}, the model says {d_pe(M)}")
+        if res["d_pe"] != d_pe(M, packing):
+            raise RtlError(f"engine_top reports D_pe={res['d_pe']}, the model says {d_pe(M, packing)}")
         runs.append(MatmulRun(codes=codes, acc=accs, cycles=int(res["cycles"]),
-                              expected_cycles=matmul_cycles(R, K, N, G, M, case["mode"])))
+                              expected_cycles=matmul_cycles(R, K, N, G, M, case["mode"], packing)))
     return runs
 
 
@@ -726,7 +744,7 @@ def run_matmul(a_codes: np.ndarray, w_codes: np.ndarray, M_mult, sh, *, mode: in
     a code exceeds 127), ``w_codes`` K x Nout (int4 for mode 0 = 8x4, int8 for mode 1 =
     8x8), ``M_mult`` (0 .. 2^16-1), ``sh`` (0 .. 62) and ``bias`` (int32) per output
     channel or scalars; outputs int8 (uint8 if not ``y_signed``). ``G`` PEs of ``M``
-    lanes with ``packing`` ("dsp2", "dsp1", "lut"), simulated by ``sim``. ``stall`` > 0
+    lanes with ``packing`` ("dsp2", "dsp1", "lut", "dsp2c"), simulated by ``sim``. ``stall`` > 0
     inserts random input gaps and output back-pressure with that probability (the
     cycle count is then larger than the model's). Accumulators are 32-bit.
     """

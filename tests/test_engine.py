@@ -9,6 +9,7 @@ import json
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from codesign.accel import engine as E
@@ -37,6 +38,11 @@ def test_d_pe():
     # D_pe = 5 + max(1, ceil(log2 M)) (sim/rtl/pe_array.v): M=16 -> 5+4; M=12 -> 5+4
     # (log2 12 = 3.58); M=2 -> 5+1
     assert (E.d_pe(16), E.d_pe(12), E.d_pe(2)) == (9, 9, 6)
+    # dsp2c (§3, §4): 5 + C + max(1, ceil(log2(M/C))), C = min(M/2, 32): M=16 -> 5+8+1;
+    # M=128 -> 5+32+2; the other packings keep the flat tree's depth
+    assert (E.d_pe(16, "dsp2c"), E.d_pe(64, "dsp2c"), E.d_pe(128, "dsp2c"), E.d_pe(2, "dsp2c")) == (14, 38, 39, 7)
+    assert E.d_pe(16, "dsp1") == E.d_pe(16, "lut") == E.d_pe(16, "dsp2") == 9
+    assert list(E.d_pe(np.array([16, 16]), np.array([False, True]))) == [9, 14]
 
 
 def test_d_pe_matches_the_rtl_model():
@@ -45,6 +51,10 @@ def test_d_pe_matches_the_rtl_model():
         pytest.skip("codesign.sim.rtl has no d_pe")
     for M in (2, 4, 8, 12, 16, 32, 64, 128):
         assert E.d_pe(M) == rtl.d_pe(M), M
+        if M // 2 <= 32 or (M // 2) % 32 == 0:
+            assert E.d_pe(M, "dsp2c") == rtl.d_pe(M, "dsp2c"), M
+            assert (E.linear_cycles(128, 768, 3072, 96, M, E.d_pe(M, "dsp2c"))
+                    == rtl.matmul_cycles(128, 768, 3072, 96, M, 0, "dsp2c"))
         # §4 linear layer = the RTL's engine_top matmul in 8x4 mode
         assert E.linear_cycles(128, 768, 3072, 96, M, E.d_pe(M)) == rtl.matmul_cycles(128, 768, 3072, 96, M, 0)
 
@@ -153,6 +163,12 @@ def test_dsp2_uses_half_the_dsps():
     f2 = E.evaluate("base", E.Folding(P_dsp=12, P_lut=0, N=8, M=16, packing="dsp2"), "zcu102")
     assert f1.components["multipliers"]["dsp"] == 1536 and f2.components["multipliers"]["dsp"] == 768
     assert f1.latency_ms == f2.latency_ms  # packing changes resources, not cycles
+    f3 = E.evaluate("base", E.Folding(P_dsp=12, P_lut=0, N=8, M=16, packing="dsp2c"), "zcu102")
+    assert f3.components["multipliers"]["dsp"] == 768  # dsp2c: dsp2's DSPs ...
+    # ... without the per-PE fabric adder trees (only the two chain sums per PE are added)
+    assert f3.components["adder_trees"]["lut"] < f2.components["adder_trees"]["lut"] / 5
+    assert f3.resources["lut"] < f2.resources["lut"]
+    assert f3.cycles["per_inference"] > f2.cycles["per_inference"]  # the deeper D_pe only
     lut = E.evaluate("base", E.Folding(P_dsp=0, P_lut=12, N=8, M=16, packing="lut"), "zcu102")
     assert lut.components["multipliers"]["dsp"] == 0
     assert lut.components["multipliers"]["lut"] > f1.components["multipliers"]["lut"] + 1536 * 30
@@ -185,6 +201,10 @@ def test_coefficients_override():
 def test_folding_validation():
     with pytest.raises(ValueError):
         E.Folding(P_dsp=1, P_lut=0, N=3, M=16, packing="dsp2")  # dsp2 pairs PEs
+    with pytest.raises(ValueError):
+        E.Folding(P_dsp=1, P_lut=0, N=3, M=16, packing="dsp2c")  # so does dsp2c
+    with pytest.raises(ValueError):
+        E.Folding(P_dsp=1, P_lut=0, N=4, M=96, packing="dsp2c")  # M/2 = 48: no chains of <= 32
     with pytest.raises(ValueError):
         E.Folding(P_dsp=1, P_lut=0, N=4, M=16, packing="lut")
     with pytest.raises(ValueError):
@@ -226,13 +246,19 @@ def test_search_pareto_fronts_are_monotone(searched):
         assert res.pareto["power"][0]["latency_ms"] == pytest.approx(res.best.latency_ms)
 
 
+def test_default_search_uses_verified_packings_only():
+    """dsp2c's synthesis path (DSP48E2 instances) is not simulated here: opt-in only."""
+    assert "dsp2c" not in E.VERIFIED_PACKINGS and "dsp2c" in E.DSP_PACKINGS
+    assert E.search("tiny", "zcu102", clock=214.0).best.folding.packing in E.VERIFIED_PACKINGS
+
+
 def test_search_agrees_with_brute_force():
     """The vectorised search and a Python loop over ``evaluate`` find the same optimum."""
     space = dict(max_pus=3, Ns=(2, 4), Ms=(8, 16), L_sms=(4,), L_lns=(8, 16))
     board = get_board("zcu102")
-    res = E.search("minilm", board, clock=250.0, limit=0.2, **space)
+    res = E.search("minilm", board, clock=250.0, limit=0.2, packings=E.DSP_PACKINGS, **space)
     best, feasible = None, 0
-    for pk, Pd, Pl, N, M, Ll in itertools.product(("dsp1", "dsp2", "lut"), range(4), range(4), (2, 4), (8, 16),
+    for pk, Pd, Pl, N, M, Ll in itertools.product(("dsp1", "dsp2", "dsp2c", "lut"), range(4), range(4), (2, 4), (8, 16),
                                                   (8, 16)):
         if (pk == "lut") != (Pd == 0) or Pd + Pl == 0:
             continue

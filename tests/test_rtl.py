@@ -68,6 +68,12 @@ def test_cycle_model():
     assert rtl.matmul_cycles(R=128, K=384, Nout=384, G=32, M=16, mode=0) == 12 * 128 * 24 + 9
     with pytest.raises(ValueError):
         rtl.d_pe(3)
+    # dsp2c: 5 + C + max(1, clog2(M/C)), chains of C = min(M/2, 32) lanes
+    assert [rtl.d_pe(m, "dsp2") for m in (2, 8, 16)] == [6, 8, 9]
+    assert [rtl.d_pe(m, "dsp2c") for m in (2, 6, 8, 16, 32, 64, 128)] == [7, 9, 10, 14, 22, 38, 39]
+    assert rtl.matmul_cycles(R=128, K=384, Nout=384, G=32, M=16, mode=0, packing="dsp2c") == 12 * 128 * 24 + 14
+    with pytest.raises(ValueError):
+        rtl.d_pe(96, "dsp2c")  # M/2 = 48: neither <= 32 nor a multiple of 32
 
 
 def test_verilator_lint_clean():
@@ -78,7 +84,9 @@ def test_verilator_lint_clean():
     env = {**os.environ, **rtl._verilator_env()}
     srcs = [str(rtl.RTL_DIR / f) for f in rtl.ENGINE_SOURCES]
     for top, params in [("engine_top", {"PACKING": 0, "G": 3, "M": 6}), ("engine_top", {"PACKING": 1, "M": 2}),
-                        ("engine_top", {"PACKING": 2, "G": 2, "M": 16}), ("pe_array", {"PACKING": 0, "G": 5})]:
+                        ("engine_top", {"PACKING": 2, "G": 2, "M": 16}), ("pe_array", {"PACKING": 0, "G": 5}),
+                        ("engine_top", {"PACKING": 3, "G": 3, "M": 6}), ("pe_array", {"PACKING": 3, "G": 4, "M": 2}),
+                        ("pe_array", {"PACKING": 3, "G": 2, "M": 128})]:
         cmd = [str(exe), "--lint-only", "-Wall", "-Wno-DECLFILENAME", "--top-module", top,
                *[f"-G{k}={v}" for k, v in params.items()], *srcs]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -176,6 +184,8 @@ PE_CONFIGS = [  # (G, M, packing)
     pytest.param(4, 8, "dsp2", id="G4-M8-dsp2"),
     pytest.param(5, 2, "dsp2", id="G5-M2-dsp2"),   # odd G: the last PE is unpaired (dsp1)
     pytest.param(3, 6, "lut", id="G3-M6-lut"),     # M not a power of two
+    pytest.param(4, 8, "dsp2c", id="G4-M8-dsp2c"),  # DSP chains: 2 chains of 4 lanes per PE pair
+    pytest.param(3, 6, "dsp2c", id="G3-M6-dsp2c"),  # odd G (unpaired chain PE), chains of 3 lanes
 ]
 
 
@@ -248,10 +258,10 @@ def test_pe_array(sim, G, M, packing):
         assert np.array_equal(got_y, y), f"{label}: requantized codes differ"
         want_user = [r % 2 for R, _ in tiles for r in range(R)]
         assert res["user"] == want_user, f"{label}: tuser not carried"
-        assert res["d_pe"] == rtl.d_pe(M)
+        assert res["d_pe"] == rtl.d_pe(M, packing)
         if stall == 0.0:
             beats = sum(R * rtl.kbeats(K, M, mode) for R, K in tiles)
-            assert res["cycles"] == beats + rtl.d_pe(M), f"{label}: cycles"
+            assert res["cycles"] == beats + rtl.d_pe(M, packing), f"{label}: cycles"
     # the vectors reach saturation at both ends of int8
     signed_y = np.concatenate([e[1].ravel() for spec, exp in zip(specs, expects) if spec[2] for e in exp])
     assert signed_y.min() == -128 and signed_y.max() == 127
@@ -265,6 +275,7 @@ ENGINE_CONFIGS = [  # (G, M, packing)
     pytest.param(4, 8, "dsp1", id="G4-M8-dsp1"),
     pytest.param(3, 4, "dsp2", id="G3-M4-dsp2"),
     pytest.param(2, 16, "lut", id="G2-M16-lut"),
+    pytest.param(4, 16, "dsp2c", id="G4-M16-dsp2c"),
 ]
 
 
@@ -296,7 +307,7 @@ def test_engine_matmul(sim, G, M, packing):
         acc, y = _expected(p["a_codes"], p["w_codes"], p["bias"], p["M_mult"], p["sh"], a_signed, mode, y_signed)
         assert np.array_equal(run.acc, acc), f"{label}: accumulators differ"
         assert np.array_equal(run.codes, y), f"{label}: codes differ"
-        assert run.expected_cycles == rtl.matmul_cycles(R, K, N, G, M, mode)
+        assert run.expected_cycles == rtl.matmul_cycles(R, K, N, G, M, mode, packing)
         if stall == 0.0:
             assert run.cycles == run.expected_cycles, f"{label}: {run.cycles} cycles, model {run.expected_cycles}"
         else:

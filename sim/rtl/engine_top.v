@@ -44,7 +44,7 @@ module engine_top #(
     parameter integer BIAS_BITS = 32,
     parameter integer MBITS     = 16,
     parameter integer OUT_BITS  = 8,
-    parameter integer PACKING   = 0,    // 0 dsp2, 1 dsp1, 2 lut
+    parameter integer PACKING   = 0,    // 0 dsp2, 1 dsp1, 2 lut, 3 dsp2c
     parameter integer KB_MAX    = 64,   // max beats per row (weight buffer depth per bank)
     parameter integer R_MAX     = 64,   // max rows (activation buffer: R_MAX * KB_MAX beats)
     parameter integer T_MAX     = 16,   // max tiles (parameter slots)

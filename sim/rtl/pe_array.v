@@ -45,7 +45,7 @@ module pe_array #(
     parameter integer BIAS_BITS = 32,
     parameter integer MBITS     = 16,  // requant multiplier width (m)
     parameter integer OUT_BITS  = 8,
-    parameter integer PACKING   = 0,   // 0 dsp2, 1 dsp1, 2 lut (see bitsplit_pe.v)
+    parameter integer PACKING   = 0,   // 0 dsp2, 1 dsp1, 2 lut, 3 dsp2c (see bitsplit_pe.v)
     parameter integer QDEPTH    = 2,   // parameter slots
     parameter integer USER_BITS = 1,
     parameter integer ACC_OUT   = 1,   // 1: drive m_tacc with the raw accumulators
@@ -83,10 +83,17 @@ module pe_array #(
     // The pipeline depth of the cycle model (constant).
     output wire [31:0]                d_pe
 );
+    // D_PE: input register, product register, clog2(M) tree levels (at least 1),
+    // accumulate, 2 requant registers; dsp2c (bitsplit_pe.v): input register, the chain
+    // (C = min(M/2, 32) positions: M and P registers with skew), clog2(M/C) tree levels
+    // (at least 1), accumulate, 2 requant registers.
+    localparam         PAIRED = (PACKING == 0 || PACKING == 3);  // 1-bit flag
     localparam integer LT    = (M <= 2) ? 1 : $clog2(M);
-    localparam integer D_PE  = 5 + LT;
+    localparam integer CL    = (M / 2 <= 32) ? M / 2 : 32;
+    localparam integer LTC   = (M / CL <= 2) ? 1 : $clog2(M / CL);
+    localparam integer D_PE  = (PACKING == 3) ? 5 + CL + LTC : 5 + LT;
     localparam integer UB    = QA + USER_BITS;       // sideband through the PEs: {user, slot}
-    localparam integer NINST = (PACKING == 0) ? (G + 1) / 2 : G;
+    localparam integer NINST = PAIRED ? (G + 1) / 2 : G;
 
     assign d_pe = D_PE;
 
@@ -127,10 +134,11 @@ module pe_array #(
     genvar q;
     generate
         for (q = 0; q < NINST; q = q + 1) begin : g_pe
-            // Instance q holds PEs [first, first + npe); dsp2 pairs PEs (2q, 2q+1); an odd
-            // last PE of a dsp2 array uses one DSP per lane.
-            localparam integer NPE   = (PACKING == 0 && 2*q + 1 < G) ? 2 : 1;
-            localparam integer FIRST = (PACKING == 0) ? 2*q : q;
+            // Instance q holds PEs [first, first + npe); dsp2/dsp2c pair PEs (2q, 2q+1); an
+            // odd last PE of a dsp2 array uses one DSP per lane (dsp1), of a dsp2c array a
+            // chain with w1 = 0 (same depth).
+            localparam integer NPE   = (PAIRED && 2*q + 1 < G) ? 2 : 1;
+            localparam integer FIRST = PAIRED ? 2*q : q;
             localparam integer PK    = (PACKING == 0 && NPE == 1) ? 1 : PACKING;
             /* verilator lint_off UNUSEDSIGNAL */  // instances q > 0: control unused
             wire [UB-1:0] su, du;
