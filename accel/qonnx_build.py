@@ -31,7 +31,7 @@ from qonnx.util.basic import qonnx_make_model
 
 import codesign.accel.custom_ops as co
 
-__all__ = ["QONNX_DOMAIN", "vi", "quant", "graph_model"]
+__all__ = ["QONNX_DOMAIN", "vi", "quant", "graph_model", "structural_example", "custom_op_example"]
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 """ONNX domain of QONNX's own ops (``Quant``, ``BipolarQuant``, ``MultiThreshold``, ...)."""
@@ -60,21 +60,23 @@ def quant(x: str, y: str, scale, bits, signed: bool, narrow: bool = False, name:
     return node, inits
 
 
-def graph_model(nodes: Iterable, inputs: Sequence[tuple[str, Sequence[int]]], outputs: Sequence[str],
-                inits: Mapping[str, np.ndarray], name: str = "g",
+def graph_model(nodes: Iterable, inputs: Sequence[tuple], outputs: Sequence,
+                inits: Mapping[str, np.ndarray] | None = None, name: str = "g",
                 value_info: Sequence[tuple[str, Sequence[int]]] = ()) -> ModelWrapper:
     """A ``ModelWrapper`` of a graph of ``nodes``, with shapes inferred.
 
     nodes: in topological order, each a ``NodeProto``, a ``(NodeProto, initializers)`` pair
     (as :func:`quant` returns) or a :class:`codesign.accel.custom_ops.CodesignNode`; their
     initializers are added to the graph's.
-    inputs: ``[(name, shape)]`` of the graph inputs (float32).
-    outputs: names of the graph outputs (float32, shape left to inference).
+    inputs: ``[(name, shape)]`` or ``[(name, shape, elem)]`` of the graph inputs (element
+    type ``elem``, a ``TensorProto`` code; float32 when left out).
+    outputs: names of the graph outputs, or ``(name, elem)`` pairs (float32 when a bare
+    name; shape left to inference).
     inits: further initializers, name -> array.
     value_info: ``[(name, shape)]`` of intermediate float32 tensors whose shape inference
     cannot give.
     """
-    protos, all_inits = [], dict(inits)
+    protos, all_inits = [], dict(inits or {})
     for n in nodes:
         if isinstance(n, co.CodesignNode):
             protos.append(n.node)
@@ -84,13 +86,39 @@ def graph_model(nodes: Iterable, inputs: Sequence[tuple[str, Sequence[int]]], ou
             all_inits.update(n[1])
         else:
             protos.append(n)
-    g = helper.make_graph(protos, name, [vi(n, s) for n, s in inputs], [vi(n, None) for n in outputs],
+    outs = [vi(o, None) if isinstance(o, str) else vi(o[0], None, o[1]) for o in outputs]
+    g = helper.make_graph(protos, name, [vi(*i) for i in inputs], outs,
                           initializer=[onnx.numpy_helper.from_array(np.asarray(v), name=k)
                                        for k, v in all_inits.items()],
                           value_info=[vi(n, sh) for n, sh in value_info])
     model = qonnx_make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX_DOMAIN, 1),
                                                co.opset_import()])
     return ModelWrapper(model).transform(InferShapes())
+
+
+def custom_op_example() -> ModelWrapper:
+    """An example graph of the codesign custom ops, all built with the ``make_*`` helpers:
+    x -> Quant int8 -> MatMul -> Requant (int8) -> IntLUT (gelu) -> IntAdd (int16, with the
+    input) -> IntLayerNorm (int8) -> IntSoftmax -> y; seeded weights."""
+    from codesign.sim.reference import IntType
+
+    rng = np.random.default_rng(4)
+    K, N = 16, 16
+    s_x, s_w = 2.0**-4, 2.0**-6
+    w = rng.integers(-127, 128, size=(K, N)).astype(np.float32) * np.float32(s_w)
+    nodes = [quant("x", "xq", s_x, 8, True), quant("w", "wq", s_w, 8, True, narrow=True),
+             helper.make_node("MatMul", ["xq", "wq"], ["acc"], name="mm")]
+    s_acc = s_x * s_w
+    M, sh = co.requant_params(s_acc, 2.0**-4)
+    nodes.append(co.make_requant_node("acc", "h", M, sh, IntType(8, True), 2.0**-4, acc_scale=s_acc, name="rq"))
+    nodes.append(co.make_lut_node("h", "g", IntType(8, True), 2.0**-4, IntType(8, True), 2.0**-4,
+                                  function="gelu", name="gelu"))
+    nodes.append(co.make_add_node("g", "xq", "r", IntType(8, True), 2.0**-4, IntType(8, True), s_x,
+                                  IntType(16, True), 2.0**-6, name="res"))
+    nodes.append(co.make_layernorm_node("r", "ln", 2.0**-6, IntType(8, True), 2.0**-5,
+                                        gamma=rng.uniform(0.5, 1.5, N), beta=rng.uniform(-0.5, 0.5, N), name="ln"))
+    nodes.append(co.make_softmax_node("ln", "y", IntType(8, True), 2.0**-5, name="sm"))
+    return graph_model(nodes, [("x", [1, 3, K])], ["y"], {"w": w})
 
 
 def structural_example() -> ModelWrapper:

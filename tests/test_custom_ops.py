@@ -22,10 +22,10 @@ from qonnx.core.onnx_exec import execute_onnx
 from qonnx.custom_op import registry
 from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.infer_shapes import InferShapes
-from qonnx.util.basic import qonnx_make_model
 from qonnx.util.cleanup import cleanup_model
 
 import codesign.accel.custom_ops as co
+from codesign.accel.qonnx_build import graph_model
 from codesign.sim import reference as ref
 from codesign.sim.reference import IntType
 
@@ -41,25 +41,9 @@ QONNX = "qonnx.custom_op.general"
 # graph building
 # ---------------------------------------------------------------------------------------
 
-def _vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
 def make_model(nodes, inputs, outputs, inits=None) -> ModelWrapper:
     """nodes: NodeProto or CodesignNode; inputs: [(name, shape[, elem])]; outputs: [name]."""
-    protos, all_inits = [], dict(inits or {})
-    for n in nodes:
-        if isinstance(n, co.CodesignNode):
-            protos.append(n.node)
-            all_inits.update(n.initializers)
-        else:
-            protos.append(n)
-    graph = helper.make_graph(
-        protos, "g", [_vi(*i) for i in inputs], [_vi(o, None) for o in outputs],
-        initializer=[onnx.numpy_helper.from_array(np.asarray(v), name=k) for k, v in all_inits.items()])
-    model = qonnx_make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid(QONNX, 1),
-                                                   co.opset_import()])
-    return ModelWrapper(model).transform(InferShapes())
+    return graph_model(nodes, inputs, outputs, inits)
 
 
 def run(model: ModelWrapper, feed: dict) -> dict:

@@ -19,7 +19,7 @@ import codesign.accel.custom_ops as co
 from codesign.accel import ir as irm
 from codesign.accel.boards import BOARDS, get_board
 from codesign.accel.lower import lower
-from codesign.accel.qonnx_build import graph_model, quant, structural_example
+from codesign.accel.qonnx_build import custom_op_example, graph_model, quant, structural_example
 from codesign.hls import csim
 from codesign.hls.emit import GOLDEN_MAGIC, SUPPORTED_OPS, emit_project, run_project_csim
 from codesign.quantize.examples import export_bnn, export_mlp_pow2
@@ -34,27 +34,6 @@ CASES = 8
 # ---------------------------------------------------------------------------------------
 # graphs
 # ---------------------------------------------------------------------------------------
-
-def _custom_op_graph():
-    """Quant -> MatMul -> Requant -> IntLUT (gelu) -> IntAdd -> IntLayerNorm -> IntSoftmax."""
-    rng = np.random.default_rng(4)
-    K, N = 16, 16
-    s_x, s_w = 2.0**-4, 2.0**-6
-    w = rng.integers(-127, 128, size=(K, N)).astype(np.float32) * np.float32(s_w)
-    nodes = [quant("x", "xq", s_x, 8, True), quant("w", "wq", s_w, 8, True, narrow=True),
-             helper.make_node("MatMul", ["xq", "wq"], ["acc"], name="mm")]
-    s_acc = s_x * s_w
-    M, sh = co.requant_params(s_acc, 2.0**-4)
-    nodes.append(co.make_requant_node("acc", "h", M, sh, IntType(8, True), 2.0**-4, acc_scale=s_acc, name="rq"))
-    nodes.append(co.make_lut_node("h", "g", IntType(8, True), 2.0**-4, IntType(8, True), 2.0**-4,
-                                  function="gelu", name="gelu"))
-    nodes.append(co.make_add_node("g", "xq", "r", IntType(8, True), 2.0**-4, IntType(8, True), s_x,
-                                  IntType(16, True), 2.0**-6, name="res"))
-    nodes.append(co.make_layernorm_node("r", "ln", 2.0**-6, IntType(8, True), 2.0**-5,
-                                        gamma=rng.uniform(0.5, 1.5, N), beta=rng.uniform(-0.5, 0.5, N), name="ln"))
-    nodes.append(co.make_softmax_node("ln", "y", IntType(8, True), 2.0**-5, name="sm"))
-    return graph_model(nodes, [("x", [1, 3, K])], ["y"], {"w": w})
-
 
 def _attention_graph():
     """Two heads: scores = Q . K^T (two code tensors), Requant, IntSoftmax, P . V (uint8 x int8),
@@ -141,7 +120,7 @@ def test_bnn_bipolar_csim(tmp_path):
 
 
 def test_custom_ops_csim(tmp_path):
-    ir = lower(_custom_op_graph())
+    ir = lower(custom_op_example())
     assert [o.op for o in ir.ops][1:-1] == ["matmul", "requant", "lut", "add", "layernorm", "softmax"]
     emit_and_check(ir, {"x": _x((3, 16), 2)}, tmp_path / "custom", board="zcu111", clock=250)
 
@@ -199,7 +178,7 @@ def test_testbench_case_range(mlp_ir, tmp_path):
 
 
 def test_emit_is_deterministic(tmp_path):
-    ir = lower(_custom_op_graph())
+    ir = lower(custom_op_example())
     x = {"x": _x((3, 16), 6)}
     a = emit_project(ir, tmp_path / "a", BOARDS["zcu102"], 200.0, x)
     irm.save(ir, tmp_path / "ir")

@@ -26,11 +26,10 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_onnx
 from qonnx.custom_op import registry
 from qonnx.transformation.infer_datatypes import InferDataTypes
-from qonnx.transformation.infer_shapes import InferShapes
-from qonnx.util.basic import qonnx_make_model
 from qonnx.util.cleanup import cleanup_model
 
 import codesign.accel.custom_ops as co
+from codesign.accel.qonnx_build import graph_model
 from codesign.quantize import fqbert_ref
 from codesign.quantize.export import CODES_NAME, HOST_TAG, INPUT_NAME, OUTPUT_NAME, build_qonnx, export_qonnx
 from codesign.quantize.fqbert import FQBert, FQBertConfig, compression_ratio, storage_report
@@ -305,24 +304,9 @@ def test_full_size_equals_reference(name):
 # IntMatMul custom op (accel/custom_ops.py)
 # ---------------------------------------------------------------------------------------
 
-def _vi(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
 def make_model(nodes, inputs, outputs, inits=None) -> ModelWrapper:
     """nodes: NodeProto or CodesignNode; inputs: [(name, shape[, elem])]; outputs: [(name, elem)]."""
-    protos, all_inits = [], dict(inits or {})
-    for n in nodes:
-        if isinstance(n, co.CodesignNode):
-            protos.append(n.node)
-            all_inits.update(n.initializers)
-        else:
-            protos.append(n)
-    graph = helper.make_graph(
-        protos, "g", [_vi(*i) for i in inputs], [_vi(o, None, e) for o, e in outputs],
-        initializer=[onnx.numpy_helper.from_array(np.asarray(v), name=k) for k, v in all_inits.items()])
-    model = qonnx_make_model(graph, opset_imports=[helper.make_opsetid("", 13), co.opset_import()])
-    return ModelWrapper(model).transform(InferShapes())
+    return graph_model(nodes, inputs, outputs, inits)
 
 
 def f32_scales(lo=-12, hi=4):

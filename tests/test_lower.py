@@ -32,7 +32,7 @@ from qonnx.util.basic import qonnx_make_model
 import codesign.accel.custom_ops as co
 from codesign.accel import ir as irm
 from codesign.accel.lower import LoweringError, OnnxReadError, UnsupportedOpError, lower
-from codesign.accel.qonnx_build import graph_model, quant, structural_example, vi
+from codesign.accel.qonnx_build import custom_op_example, graph_model, quant, structural_example, vi
 from codesign.quantize.examples import export_bnn, export_mlp_float, export_mlp_pow2
 from codesign.sim import reference as ref
 from codesign.sim.reference import IntType
@@ -305,30 +305,8 @@ def test_batchnorm_multibit_requant():
 # hand-built graphs: custom ops, structural ops, add, MultiThreshold
 # ---------------------------------------------------------------------------------------
 
-def _custom_op_graph():
-    """x -> Quant int8 -> MatMul -> Requant (int8) -> IntLUT (gelu) -> IntAdd (int16, with the
-    input) -> IntLayerNorm (int8) -> IntSoftmax -> y; all built with the make_* helpers."""
-    rng = np.random.default_rng(4)
-    K, N = 16, 16
-    s_x, s_w = 2.0**-4, 2.0**-6
-    w = rng.integers(-127, 128, size=(K, N)).astype(np.float32) * np.float32(s_w)
-    nodes = [quant("x", "xq", s_x, 8, True), quant("w", "wq", s_w, 8, True, narrow=True),
-             helper.make_node("MatMul", ["xq", "wq"], ["acc"], name="mm")]
-    s_acc = s_x * s_w
-    M, sh = co.requant_params(s_acc, 2.0**-4)
-    nodes.append(co.make_requant_node("acc", "h", M, sh, IntType(8, True), 2.0**-4, acc_scale=s_acc, name="rq"))
-    nodes.append(co.make_lut_node("h", "g", IntType(8, True), 2.0**-4, IntType(8, True), 2.0**-4,
-                                  function="gelu", name="gelu"))
-    nodes.append(co.make_add_node("g", "xq", "r", IntType(8, True), 2.0**-4, IntType(8, True), s_x,
-                                  IntType(16, True), 2.0**-6, name="res"))
-    nodes.append(co.make_layernorm_node("r", "ln", 2.0**-6, IntType(8, True), 2.0**-5,
-                                        gamma=rng.uniform(0.5, 1.5, N), beta=rng.uniform(-0.5, 0.5, N), name="ln"))
-    nodes.append(co.make_softmax_node("ln", "y", IntType(8, True), 2.0**-5, name="sm"))
-    return graph_model(nodes, [("x", [1, 3, K])], ["y"], {"w": w})
-
-
 def test_custom_ops_lower_one_to_one():
-    model = _custom_op_graph()
+    model = custom_op_example()
     ir = lower(model)
     assert [o.op for o in ir.ops] == ["quantize", "matmul", "requant", "lut", "add", "layernorm", "softmax",
                                       "dequantize"]
