@@ -165,6 +165,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from codesign.accel import mp_flow
+
+    if args.model != "mpcnn":
+        raise CliError(f"unknown model {args.model!r} for quantize (supported: mpcnn)")
+    out = Path(args.out) if args.out else Path("build") / "quantize-mpcnn"
+    try:
+        res = mp_flow.quantize_mpcnn(args.budget, out, force=args.force, seed=args.seed, method=args.method,
+                                     epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+                                     threads=args.threads, progress=_progress)
+    except mp_flow.QuantizeError as exc:
+        raise CliError(str(exc), exc.code) from None
+    except _flow_errors() as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    print(res.summary)
+    print(f"wrote {out}: {', '.join(res.files)}")
+    return EXIT_OK
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from codesign.accel import verify as vf
 
@@ -285,6 +306,28 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--threads", type=int, default=1, metavar="N",
                          help="torch intra-op threads (default 1: fastest on a small shared machine)")
     p_train.set_defaults(func=_cmd_train)
+
+    p_q = sub.add_parser(
+        "quantize",
+        help="mixed precision: Hessian sensitivity + knapsack bit allocation under a budget",
+        description=("mpcnn: train the tiny digits CNN at 8 bits, estimate each layer's sensitivity to 2..8-bit "
+                     "weights (Hessian), pick one width per layer by an exact multiple-choice knapsack under "
+                     "--budget, fine-tune it (and uniform 4- and 8-bit for comparison) and export model.onnx. "
+                     "Writes quantize.json, quantize.md, model.onnx, model.pt."),
+    )
+    p_q.add_argument("model", metavar="MODEL", help="mpcnn")
+    p_q.add_argument("--budget", required=True, metavar="KIND=VALUE",
+                     help="avg-bits=V (average weight bits) or bops=V (millions of bit operations per inference)")
+    p_q.add_argument("--method", default="hvp", choices=("hvp", "hutchinson", "fisher"),
+                     help="sensitivity estimator (default hvp: the exact quadratic form)")
+    p_q.add_argument("--out", metavar="DIR", help="output folder (default build/quantize-mpcnn)")
+    p_q.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p_q.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p_q.add_argument("--epochs", type=int, default=10, metavar="N", help="baseline 8-bit epochs (default 10)")
+    p_q.add_argument("--finetune-epochs", type=int, default=4, metavar="N",
+                     help="fine-tuning epochs per configuration (default 4)")
+    p_q.add_argument("--threads", type=int, default=1, metavar="N", help="torch intra-op threads (default 1)")
+    p_q.set_defaults(func=_cmd_quantize)
 
     p_ver = sub.add_parser(
         "verify",

@@ -210,7 +210,8 @@ def with_bits(model, bits: Mapping[str, int], act_bits: int | None = None, seed:
 
 
 def export_mpcnn(model, path) -> None:
-    """QONNX export (Brevitas ``export_qonnx``, input ``(1, 1, 8, 8)``), warnings silenced."""
+    """QONNX export (Brevitas ``export_qonnx`` through the TorchScript exporter, ``dynamo=False``:
+    one self-contained file; input ``(1, 1, 8, 8)``), warnings silenced."""
     import warnings
 
     import torch
@@ -219,4 +220,4 @@ def export_mpcnn(model, path) -> None:
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        export_qonnx(model, torch.zeros(1, 1, 8, 8), export_path=str(path))
+        export_qonnx(model, torch.zeros(1, 1, 8, 8), export_path=str(path), dynamo=False)

@@ -28,7 +28,7 @@ def test_per_layer_bits_in_export(tmp_path):
     model = ModelWrapper(str(tmp_path / "m.onnx"))
     assert _weight_bits(model) == [BITS[n] for n in M.LAYERS]
     kinds = sorted({n.op_type for n in model.graph.node})
-    assert kinds == ["Add", "AveragePool", "Conv", "Gemm", "Quant", "Relu", "Reshape"]
+    assert kinds == ["Add", "AveragePool", "Conv", "Flatten", "Gemm", "Quant", "Relu"]
 
 
 def test_weights_are_power_of_two_scaled_codes():
