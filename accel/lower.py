@@ -40,7 +40,7 @@ SUPPORTED_OPS = P.SUPPORTED_OPS
 ROLES = {
     "matmul": ("a", "w", "bias"), "requant": ("acc", "m", "sh"), "threshold": ("acc", "t"),
     "lut": ("q", "table"), "softmax": ("x", "table"), "layernorm": ("x", "g", "b"),
-    "gather": ("x", "indices"), "add": ("a", "b"),
+    "gather": ("x", "indices"), "add": ("a", "b"), "conv2d": ("x", "w", "bias"),
 }
 
 
@@ -145,8 +145,9 @@ def lower(model: ModelWrapper | onnx.ModelProto | str | os.PathLike, *, m: int =
     opts = {"m": m, "bn_threshold_bits": bn_threshold_bits, "threshold_all": threshold_all}
     for p in (P.FoldReluIntoQuant(), P.FoldWeightQuants(), P.QuantizeInputs(**opts)):
         mw = mw.transform(p, make_deepcopy=False, cleanup=False)
-    loop = [P.LowerCodesignOps(**opts), P.LowerMatMul(**opts), P.FoldBiasAdd(**opts), P.LowerBatchNorm(**opts),
-            P.LowerActQuant(**opts), P.LowerAdd(**opts), P.LowerMultiThreshold(**opts), P.LowerStructural(**opts)]
+    loop = [P.LowerCodesignOps(**opts), P.LowerMatMul(**opts), P.LowerConv(**opts), P.FoldBiasAdd(**opts),
+            P.LowerBatchNorm(**opts), P.LowerActQuant(**opts), P.LowerAdd(**opts), P.LowerMultiThreshold(**opts),
+            P.LowerPool(**opts), P.LowerStructural(**opts)]
     while True:
         before = sum(p.hits for p in loop)
         for p in loop:

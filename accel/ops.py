@@ -74,6 +74,17 @@ def _pool(C: int, OH: int, OW: int, KH: int, KW: int) -> int:
     return C * OH * OW * KH * KW
 
 
+def _conv2d(OH: int, OW: int, OC: int, K: int, pe: int = 1, simd: int = 1, images: int = 1) -> int:
+    """FINN MVAU over the sliding-window stream (§11): images x OH x OW x ceil(OC/PE) x
+    ceil(K/SIMD), K = IC/groups x KH x KW; 1 <= PE <= OC/groups (conv.h). Wall-clock cycles
+    add the pipeline depth D ~ 3 + L_mul + ceil(log2(SIMD)) (as matmul) and the window
+    generator, which runs concurrently (DATAFLOW) and needs H_used*IC*W + OH*OW*G*ceil(K/SIMD)
+    cycles (``Conv2d::swg_cycles``): the call takes about max of the two plus both depths."""
+    if min(OH, OW, OC, K, pe, simd) < 1 or images < 0:
+        raise ValueError(f"conv2d cost: OH={OH}, OW={OW}, OC={OC}, K={K}, pe={pe}, simd={simd} must be >= 1")
+    return images * OH * OW * _cdiv(OC, pe) * _cdiv(K, simd)
+
+
 @dataclass(frozen=True)
 class OpSpec:
     name: str
@@ -144,6 +155,8 @@ OPS: Mapping[str, OpSpec] = {s.name: s for s in [
            _REF + "maxpool2d", _NL + "maxpool2d", "codesign/pool.h", "maxpool2d", _pool),
     OpSpec("avgpool2d", "§9", "window sum then dyadic requant (divisor kh*kw)",
            _REF + "avgpool2d", _NL + "avgpool2d", "codesign/pool.h", "avgpool2d", _pool),
+    OpSpec("conv2d", "§11", "sliding-window generator + PE/SIMD-folded MVAU, exact accumulator width",
+           _REF + "conv2d", _NL + "conv2d", "codesign/conv.h", "conv2d", _conv2d),
 ]}
 
 

@@ -21,11 +21,13 @@ Passes, in the order :func:`~codesign.accel.lower.lower` applies them:
 ``QuantizeInputs``           ``Quant``/``BipolarQuant`` of a graph input -> ``quantize``
 ``LowerCodesignOps``         ``Requant``/``IntSoftmax``/``IntLayerNorm``/``IntLUT``/``IntAdd``
 ``LowerMatMul``              ``MatMul``/``Gemm`` (bias, transB) -> ``matmul``
+``LowerConv``                ``Conv`` (folded weights, bias) -> ``conv2d`` (NCHW accumulators)
 ``FoldBiasAdd``              ``matmul -> Add(constant)`` -> the matmul's bias
-``LowerBatchNorm``           ``matmul -> BatchNormalization -> Quant`` -> requant/threshold
+``LowerBatchNorm``           ``matmul/conv2d -> BatchNormalization -> Quant`` -> requant/threshold
 ``LowerActQuant``            ``Quant``/``BipolarQuant`` of an integer tensor -> requant/threshold
 ``LowerAdd``                 ``Add`` of two code tensors (``-> Quant``) -> ``add``
 ``LowerMultiThreshold``      ``MultiThreshold`` -> ``threshold``
+``LowerPool``                ``MaxPool`` -> ``maxpool2d``; ``AveragePool``/``GlobalAveragePool`` (-> Quant) -> ``avgpool2d``
 ``LowerStructural``          ``Reshape``/``Flatten``/``Transpose``/``Concat``/``Gather``/``Identity``
 ``DequantizeOutputs``        integer graph outputs -> ``dequantize`` (host)
 ``CheckLowered``             ``LoweringError`` for any node left over, with the reason
@@ -52,7 +54,8 @@ __all__ = [
     "LoweringError", "UnsupportedOpError", "OnnxReadError", "IR_DOMAIN", "SUPPORTED_OPS",
     "StashOnnxNames", "RejectUnsupportedOps", "FoldReluIntoQuant", "FoldWeightQuants", "QuantizeInputs",
     "LowerCodesignOps", "LowerMatMul", "FoldBiasAdd", "LowerBatchNorm", "LowerActQuant", "LowerAdd",
-    "LowerMultiThreshold", "LowerStructural", "DequantizeOutputs", "RemoveDeadConstants", "CheckLowered",
+    "LowerMultiThreshold", "LowerStructural", "LowerConv", "LowerPool", "DequantizeOutputs", "RemoveDeadConstants",
+    "CheckLowered",
     "is_ir", "ir_info", "onnx_names",
 ]
 
@@ -64,8 +67,8 @@ NAME_KEY = "codesign.onnx_name"
 TENSOR_NAMES_KEY = "codesign.input_names"  # model metadata: cleaned graph input name -> original
 
 SUPPORTED_OPS = {
-    "": ("Add", "BatchNormalization", "Concat", "Flatten", "Gather", "Gemm", "Identity", "MatMul", "Relu",
-         "Reshape", "Transpose"),
+    "": ("Add", "AveragePool", "BatchNormalization", "Concat", "Conv", "Flatten", "Gather", "Gemm",
+         "GlobalAveragePool", "Identity", "MatMul", "MaxPool", "Relu", "Reshape", "Transpose"),
     QONNX_DOMAIN: ("BipolarQuant", "MultiThreshold", "Quant"),
     # codesign's custom ops that LowerCodesignOps maps (IntMatMul when custom_ops has it)
     co.DOMAIN: tuple(k for k in ("Requant", "IntSoftmax", "IntLayerNorm", "IntLUT", "IntAdd", "IntMatMul")
@@ -957,6 +960,9 @@ class LowerActQuant(_Pass):
             out = Tensor(shape, "code", type=x.type, scale=x.scale)
             replace_nodes(model, [node], [make_ir_node("identity", [node.input[0]], [out_name], {}, [out], names)])
             return True
+        if nd == 4 and any(s.per_channel and s.axis == 1 for s in (x.scale, s_out)):
+            self._channels_last(model, node, x, shape, names)  # NCHW per-channel: lowered next round
+            return True
         for s in (x.scale, s_out):
             if s.per_channel and s.axis != nd - 1:
                 raise node_error(model, node, f"per-channel scale along axis {s.axis} not supported "
@@ -998,6 +1004,31 @@ class LowerActQuant(_Pass):
         return True
 
 
+    @staticmethod
+    def _channels_last(model, node, x: Tensor, shape, names) -> None:
+        """A quantizer of an NCHW tensor with a per-channel (axis 1) scale becomes
+        ``transpose`` (IR, to NHWC) -> the Quant on NHWC (scale transposed) -> ONNX
+        ``Transpose`` back (lowered by LowerStructural), so that requant/threshold see their
+        per-channel parameters along the last axis. Exact: transposes move codes only."""
+        out_name = node.output[0]
+        x_nhwc, y_nhwc = f"{out_name}_in_nhwc", f"{out_name}_nhwc"
+        t1, _ = _transpose_node(model, node.input[0], x_nhwc, x, NHWC, names)
+        sc = np.asarray(model.get_initializer(node.input[1]))
+        if sc.size > 1:
+            sc4 = sc.reshape((1,) * (4 - sc.ndim) + sc.shape)
+            s_init = f"{out_name}_scale_nhwc"
+            model.set_initializer(s_init, np.ascontiguousarray(np.transpose(sc4, NHWC)))
+            node.input[1] = s_init
+        node.input[0] = x_nhwc
+        node.output[0] = y_nhwc
+        model.set_tensor_shape(y_nhwc, [shape[p] for p in NHWC])
+        back = helper.make_node("Transpose", [y_nhwc], [out_name], perm=NCHW, name=f"{out_name}_to_nchw")
+        _set_names(back, list(names))
+        g = model.graph
+        g.node.insert(list(g.node).index(node), t1)
+        g.node.insert(list(g.node).index(node) + 1, back)
+
+
 class LowerBatchNorm(_Pass):
     """``matmul -> BatchNormalization -> Quant/BipolarQuant`` (each the previous one's only
     consumer; a Relu before the Quant is already folded into it) -> the matmul and either
@@ -1015,7 +1046,7 @@ class LowerBatchNorm(_Pass):
         if not _is(node, "BatchNormalization"):
             return False
         mm = model.find_producer(node.input[0])
-        if not (is_ir(mm) and ir_info(mm)["op"] == "matmul"):
+        if not (is_ir(mm) and ir_info(mm)["op"] in ("matmul", "conv2d")):
             return False
         if single_consumer(model, node.input[0]) is not node:
             return False
@@ -1024,11 +1055,12 @@ class LowerBatchNorm(_Pass):
             return False
         o = self.options
         info = ir_info(mm)
+        conv = info["op"] == "conv2d"  # NCHW: channels on axis 1, worked on channels-last (NHWC)
         acc_t = Tensor.from_json(info["out"][0], "acc")
-        if len(acc_t.shape) != 2:
+        if len(acc_t.shape) != (4 if conv else 2):
             raise node_error(model, node, f"BatchNormalization on a {len(acc_t.shape)}-d accumulator "
                                           "(channels not the last axis) not supported")
-        C = acc_t.shape[-1]
+        C = acc_t.shape[1]
         gamma = _init(model, node, 1, "scale").astype(np.float64).ravel()
         beta = _init(model, node, 2, "bias").astype(np.float64).ravel()
         mean = _init(model, node, 3, "mean").astype(np.float64).ravel()
@@ -1050,7 +1082,7 @@ class LowerBatchNorm(_Pass):
         if w is None and np.any(sign < 0):
             raise node_error(model, node, "negative gamma with a runtime weight operand not supported")
         w_t = CodeType.from_json(info["attrs"]["w_type"])
-        a_t = CodeType.from_json(info["attrs"]["a_type"])
+        a_t = CodeType.from_json(info["attrs"]["x_type" if conv else "a_type"])
         bias = model.get_initializer(inputs[2]).astype(np.int64) if len(inputs) == 3 else np.zeros(C, np.int64)
         names = info["onnx_name"]
         consts = {k: CodeType.from_json(v) for k, v in info["const_types"].items()}
@@ -1066,7 +1098,7 @@ class LowerBatchNorm(_Pass):
             raise node_error(model, node, f"gamma = 0 in channel(s) {np.nonzero(gamma == 0)[0][:8].tolist()}: "
                                           "a constant channel needs thresholds (raise bn_threshold_bits)")
         if w is not None and np.any(sign < 0):
-            w = w.astype(np.int64) * sign[None, :]
+            w = w.astype(np.int64) * (sign[:, None, None, None] if conv else sign[None, :])
             if not w_t.holds(w):
                 wider = CodeType(w_t.bits + 1, True)
                 if w_t.bipolar or wider.bits > 8 or not wider.holds(w):
@@ -1079,7 +1111,10 @@ class LowerBatchNorm(_Pass):
             consts[w_init] = w_t
             inputs[1] = w_init
             bias = bias * sign
-        K = model.get_initializer(inputs[1]).shape[0] if w is not None else spec(model, inputs[1]).shape[-2]
+        if conv:
+            K = int(np.prod(model.get_initializer(inputs[1]).shape[1:]))
+        else:
+            K = model.get_initializer(inputs[1]).shape[0] if w is not None else spec(model, inputs[1]).shape[-2]
         if use_thr:
             g_abs = np.where(gamma == 0, 1.0, np.abs(gamma))
             mu = sign * mean
@@ -1109,8 +1144,8 @@ class LowerBatchNorm(_Pass):
             mm_new = self._matmul(model, mm, info, b_list, a_t, w_t, acc, consts, notes)
             attrs = {"out_bias": 0 if qs.type.bipolar else qs.type.lo, "bipolar": qs.type.bipolar}
             out = Tensor(out_shape, "code", type=qs.type, scale=to_scale(vals, None if axis is None else 1))
-            fin = make_ir_node("threshold", [mm.output[0], t_init], [out_name], attrs, [out],
-                               onnx_names(node) + onnx_names(q), const_types={t_init: _thr_type(acc)})
+            fin = [make_ir_node("threshold", [mm.output[0], t_init], [out_name], attrs, [out],
+                                onnx_names(node) + onnx_names(q), const_types={t_init: _thr_type(acc)})]
         else:
             g_abs = np.abs(gamma)
             r = s_acc * g_abs / (sigma * s_out)
@@ -1143,11 +1178,33 @@ class LowerBatchNorm(_Pass):
             model.set_initializer(sh_init, np.asarray(sh, dtype=np.int64))
             attrs = {"out_type": qs.type.to_json(), "acc_bits_max": acc, "m": m}
             out = Tensor(out_shape, "code", type=qs.type, scale=to_scale(vals, None if axis is None else 1))
-            fin = make_ir_node("requant", [mm.output[0], m_init, sh_init], [out_name], attrs, [out],
-                               onnx_names(node) + onnx_names(q),
-                               const_types={m_init: CodeType(24, False), sh_init: CodeType(6, False)})
-        replace_nodes(model, [mm, node, q], [mm_new, fin])
+            fin = [make_ir_node("requant", [mm.output[0], m_init, sh_init], [out_name], attrs, [out],
+                                onnx_names(node) + onnx_names(q),
+                                const_types={m_init: CodeType(24, False), sh_init: CodeType(6, False)})]
+        if conv:
+            fin = self._channels_last(model, mm_new, fin[0])
+        replace_nodes(model, [mm, node, q], [mm_new, *fin])
         return True
+
+    @staticmethod
+    def _channels_last(model, conv_node: NodeProto, fin: NodeProto) -> list[NodeProto]:
+        """Per-channel requant/threshold on an NCHW conv accumulator, done channels-last (the
+        contract's per-channel parameters run along the last axis): ``transpose`` to NHWC,
+        ``fin`` on it, ``transpose`` back to NCHW. Returns the three nodes."""
+        acc_name, out_name = conv_node.output[0], fin.output[0]
+        info = ir_info(fin)
+        acc_t = Tensor.from_json(ir_info(conv_node)["out"][0], "acc")
+        y_t = Tensor.from_json(info["out"][0], "y")
+        names = info["onnx_name"]
+        a_nhwc, y_nhwc = f"{acc_name}_nhwc", f"{out_name}_nhwc"
+        t1, a_t = _transpose_node(model, acc_name, a_nhwc, acc_t, NHWC, names)
+        y_t_nhwc = _channels_last_tensor(y_t)
+        model.set_tensor_shape(y_nhwc, list(y_t_nhwc.shape))
+        info["out"] = [y_t_nhwc.to_json()]
+        fin_n = helper.make_node(fin.op_type, [a_nhwc, *fin.input[1:]], [y_nhwc], name=fin.name, domain=IR_DOMAIN,
+                                 ir=json.dumps(info, sort_keys=True))
+        t2, _ = _transpose_node(model, y_nhwc, out_name, y_t_nhwc, NCHW, names)
+        return [t1, fin_n, t2]
 
     @staticmethod
     def _matmul(model, mm, info, inputs, a_t, w_t, acc, consts, notes) -> NodeProto:
@@ -1155,8 +1212,10 @@ class LowerBatchNorm(_Pass):
         if acc > 48:
             raise node_error(model, mm, f"needs a {acc}-bit accumulator, more than 48 (§2)")
         out = Tensor(acc_old.shape, "acc", acc_bits=acc, scale=acc_old.scale)
-        attrs = {"a_type": a_t.to_json(), "w_type": w_t.to_json(), "acc_bits": acc}
-        return make_ir_node("matmul", inputs, [mm.output[0]], attrs, [out], info["onnx_name"],
+        attrs = dict(info["attrs"], w_type=w_t.to_json(), acc_bits=acc)  # matmul: a_type; conv2d: x_type
+        if info["op"] == "matmul":
+            attrs["a_type"] = a_t.to_json()
+        return make_ir_node(info["op"], inputs, [mm.output[0]], attrs, [out], info["onnx_name"],
                             const_types={k: v for k, v in consts.items() if k in inputs}, notes=notes)
 
 
@@ -1361,6 +1420,234 @@ class LowerStructural(_Pass):
 
 
 # ---------------------------------------------------------------------------------------
+# convolution and pooling (NCHW)
+# ---------------------------------------------------------------------------------------
+
+NHWC = [0, 2, 3, 1]
+NCHW = [0, 3, 1, 2]
+
+
+def _ints(node: NodeProto, name: str, default: Sequence[int]) -> list[int]:
+    v = _attr(node, name)
+    return [int(e) for e in (default if v is None else v)]
+
+
+def _check_2d_window(model, node, nd: int, what: str) -> None:
+    auto_pad = _attr(node, "auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad != "NOTSET":
+        raise node_error(model, node, f"auto_pad={auto_pad} not supported (NOTSET with explicit pads)")
+    if nd != 4:
+        raise node_error(model, node, f"{what} on a {nd}-d tensor not supported (2-D, NCHW)")
+
+
+def _channels_last_tensor(t: Tensor) -> Tensor:
+    """The NHWC view of a 4-d NCHW IR tensor (a per-channel scale moves to axis 3)."""
+    shape = tuple(t.shape[p] for p in NHWC)
+    scale = Scale(t.scale.values, 3) if t.scale.per_channel and t.scale.axis == 1 else t.scale
+    return Tensor(shape, t.kind, type=t.type, acc_bits=t.acc_bits, scale=scale)
+
+
+def _transpose_node(model: ModelWrapper, src: str, dst: str, t: Tensor, perm: list[int],
+                    names: Sequence[str]) -> tuple[NodeProto, Tensor]:
+    """An IR ``transpose`` of ``src`` (IR tensor ``t``) into ``dst``; returns it and ``dst``'s spec."""
+    shape = tuple(t.shape[p] for p in perm)
+    scale = Scale(t.scale.values, perm.index(t.scale.axis)) if t.scale.per_channel else t.scale
+    out = Tensor(shape, t.kind, type=t.type, acc_bits=t.acc_bits, scale=scale)
+    model.set_tensor_shape(dst, list(shape))
+    return make_ir_node("transpose", [src], [dst], {"perm": list(perm)}, [out], names), out
+
+
+class LowerConv(_Pass):
+    """QONNX ``Conv`` (2-D, NCHW) of a code tensor (per-tensor scale) with folded weight codes
+    (``Quant``/``BipolarQuant`` of a constant, per-tensor or per-output-channel scale) and an
+    optional bias (a folded Quant, e.g. ``Int32Bias``, or a float initializer) -> ``conv2d``
+    (§11). The output is an NCHW accumulator of §11's exact width at scale ``s_x * s_w``
+    (per output channel along axis 1 when the weights are); the bias goes to the accumulator
+    grid as a Gemm bias does (``_bias_to_acc``). ``auto_pad`` must be NOTSET; pads, strides,
+    dilations and groups are taken as given (ONNX pads = [top, left, bottom, right])."""
+
+    def rewrite(self, model, node):
+        if not _is(node, "Conv"):
+            return False
+        x = spec(model, node.input[0])
+        if x is None or x.kind != "code":
+            return False
+        if len(node.input) < 2 or not node.input[1]:
+            raise node_error(model, node, "Conv without a weight input")
+        wc = const_of(model, node.input[1])
+        if wc is None:
+            if model.get_initializer(node.input[1]) is not None or spec(model, node.input[1]) is not None:
+                raise node_error(model, node, "weights must be a Quant/BipolarQuant of a constant (a float or "
+                                              "runtime weight tensor is not supported)")
+            return False
+        names = onnx_names(node)
+        _check_2d_window(model, node, len(x.shape), "Conv")
+        if x.scale.per_channel:
+            raise node_error(model, node, f"input '{node.input[0]}' has a per-channel scale; conv2d needs a "
+                                          "per-tensor input scale (§11)")
+        if not 1 <= x.type.bits <= 8 or (x.type.bits == 1 and not x.type.signed):
+            raise node_error(model, node, f"activations of type {x.type} not supported (1..8 bits, 1-bit "
+                                          "bipolar, §11)")
+        w = wc.codes
+        if w.ndim != 4:
+            raise node_error(model, node, f"weights of shape {w.shape} are not (OC, C/group, KH, KW)")
+        w_type = wc.type
+        if not w_type.signed or w_type.bits > 8:
+            raise node_error(model, node, f"weights of type {w_type} must be signed or bipolar, 1..8 bits (§11)")
+        OC, ICg, KH, KW = w.shape
+        C = x.shape[1]
+        group = int(_attr(node, "group", 1))
+        if group < 1 or C % group or OC % group or ICg != C // group:
+            raise node_error(model, node, f"group={group} does not fit input channels {C} and weights {w.shape}")
+        ks = _ints(node, "kernel_shape", [KH, KW])
+        if ks != [KH, KW]:
+            raise node_error(model, node, f"kernel_shape {ks} differs from the weights' {[KH, KW]}")
+        strides = _ints(node, "strides", [1, 1])
+        dil = _ints(node, "dilations", [1, 1])
+        pads = _ints(node, "pads", [0, 0, 0, 0])
+        if len(strides) != 2 or len(dil) != 2 or len(pads) != 4 or min(strides + dil) < 1 or min(pads) < 0:
+            raise node_error(model, node, f"strides {strides}, dilations {dil}, pads {pads} not supported "
+                                          "(2-D: two strides/dilations >= 1, four pads >= 0)")
+        vals, axis = scale_on(model, node, wc.scale, w.shape, "weight", batch_axis=False)
+        if axis not in (None, 0):
+            raise node_error(model, node, f"weight scale varies along axis {axis}; only per-tensor or per-output-"
+                                          "channel (axis 0) weight scales are supported")
+        s_w = np.broadcast_to(vals, (OC,)) if axis is not None else vals
+        s_acc = x.scale.value * np.asarray(s_w, dtype=np.float64)  # exact: two binary32 values
+        out_name = node.output[0]
+        out_shape = _shape(model, out_name)
+        try:
+            oh_ow = ref.conv_geometry(x.shape[2], x.shape[3], (KH, KW), strides, pads, dil)
+        except ValueError as e:
+            raise node_error(model, node, str(e)) from None
+        if tuple(out_shape) != (x.shape[0], OC, *oh_ow):
+            raise node_error(model, node, f"output shape {out_shape} differs from §11's {(x.shape[0], OC, *oh_ow)}")
+        consts: dict[str, CodeType] = {}
+        w_init = f"{out_name}_w"
+        model.set_initializer(w_init, np.ascontiguousarray(w))
+        consts[w_init] = w_type
+        inputs = [node.input[0], w_init]
+        names = names + wc.names
+        notes: list[str] = []
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            bias, notes, b_names = LowerMatMul._bias(self, model, node, node.input[2], s_acc, OC)
+            names = names + b_names
+            b_init = f"{out_name}_bias"
+            model.set_initializer(b_init, bias)
+            consts[b_init] = int32_type()
+            inputs.append(b_init)
+        K = ICg * KH * KW
+        acc = acc_type_bits(K, x.type, w_type, bias)
+        if acc > 48:
+            raise node_error(model, node, f"needs a {acc}-bit accumulator, more than 48 (§2, §11)")
+        attrs = {"stride": strides, "pad": pads, "dilation": dil, "groups": group, "x_type": x.type.to_json(),
+                 "w_type": w_type.to_json(), "acc_bits": acc}
+        sc = Scale.make(s_acc, 1) if np.size(s_acc) > 1 else Scale.scalar(float(s_acc.ravel()[0]))
+        out = Tensor(out_shape, "acc", acc_bits=acc, scale=sc)
+        replace_nodes(model, [node], [make_ir_node("conv2d", inputs, [out_name], attrs, [out], names,
+                                                   const_types=consts, notes=notes)])
+        return True
+
+
+class LowerPool(_Pass):
+    """Pooling of NCHW code tensors (§9):
+
+    * ``MaxPool`` -> ``maxpool2d`` (codes, type and scale pass through);
+    * ``AveragePool`` / ``GlobalAveragePool`` -> ``avgpool2d``: the window sum and a dyadic
+      requant by ``r = s_x / (kh * kw * s_y)`` (§9). With a ``Quant`` as the pool's only
+      consumer (ROUND/HALF_EVEN, or HALF_UP unsigned; 2..16 bits, per tensor) ``s_y`` and
+      the output type are the Quant's (round half up: as requant, it differs from QONNX's
+      half-to-even at exact ties only); without one, or with ``threshold_all`` (the Quant is
+      then lowered on its own, to thresholds that reproduce its rounding exactly), the output
+      is the exact window sum at ``s_y = s_x / (kh * kw)`` (``r = 1``) in the smallest type
+      that holds it (<= 16 bits).
+
+    Supported: ``ceil_mode = 0``, ``auto_pad = NOTSET``, symmetric pads smaller than the
+    kernel, no dilation, ``storage_order = 0``; ``AveragePool`` with pads needs
+    ``count_include_pad = 1`` (the divisor is always kh * kw, §9)."""
+
+    def rewrite(self, model, node):
+        kind = node.op_type
+        if not any(_is(node, k) for k in ("MaxPool", "AveragePool", "GlobalAveragePool")):
+            return False
+        x = spec(model, node.input[0])
+        if x is None or x.kind != "code":
+            return False
+        nd = len(x.shape)
+        _check_2d_window(model, node, nd, kind)
+        if not 1 <= x.type.bits <= 8:
+            raise node_error(model, node, f"input of type {x.type} not supported (1..8 bits, §9)")
+        H, W = x.shape[2], x.shape[3]
+        if kind == "GlobalAveragePool":
+            k, st, pads = [H, W], [H, W], [0, 0, 0, 0]
+        else:
+            if len(node.output) > 1 and node.output[1]:
+                raise node_error(model, node, "the Indices output is not supported")
+            if int(_attr(node, "ceil_mode", 0)):
+                raise node_error(model, node, "ceil_mode=1 not supported (ceil_mode=0, §9)")
+            if int(_attr(node, "storage_order", 0)):
+                raise node_error(model, node, "storage_order=1 not supported")
+            if any(d != 1 for d in _ints(node, "dilations", [1, 1])):
+                raise node_error(model, node, "dilated pooling not supported")
+            k = _ints(node, "kernel_shape", [])
+            st = _ints(node, "strides", [1, 1])
+            pads = _ints(node, "pads", [0, 0, 0, 0])
+            if len(k) != 2 or len(st) != 2 or len(pads) != 4 or min(k + st) < 1:
+                raise node_error(model, node, f"kernel_shape {k}, strides {st}, pads {pads} not supported (2-D)")
+        if pads[:2] != pads[2:] or not (0 <= pads[0] < k[0] and 0 <= pads[1] < k[1]):
+            raise node_error(model, node, f"pads {pads} not supported (symmetric, 0 <= pad < kernel {k}, §9)")
+        if kind == "AveragePool" and any(pads) and not int(_attr(node, "count_include_pad", 0)):
+            raise node_error(model, node, "count_include_pad=0 with padding not supported (the divisor is "
+                                          "always kh*kw, §9: count_include_pad=1)")
+        pad = pads[:2]
+        names = onnx_names(node)
+        if kind == "MaxPool":
+            out = Tensor(_shape(model, node.output[0]), "code", type=x.type, scale=x.scale)
+            attrs = {"kernel": k, "stride": st, "pad": pad, "in_type": x.type.to_json()}
+            replace_nodes(model, [node], [make_ir_node("maxpool2d", [node.input[0]], [node.output[0]], attrs,
+                                                       [out], names)])
+            return True
+        if x.scale.per_channel:
+            raise node_error(model, node, "per-channel input scale not supported (avgpool2d requantizes per "
+                                          "tensor, §9)")
+        m = self.options.get("m", 16)
+        area = k[0] * k[1]
+        q = single_consumer(model, node.output[0])
+        old = [node]
+        if _is(q, "Quant", QONNX_DOMAIN) and q.input[0] == node.output[0] and not self.options.get("threshold_all"):
+            qs = read_quant(model, q, max_bits=16)
+            if not _requant_ok(qs, False):
+                raise node_error(model, q, f"{qs.type} output with rounding {qs.rounding} after an average pool "
+                                           "is not supported (requant: ROUND/HALF_EVEN, 2..16 bits)")
+            shape = _shape(model, q.output[0])
+            vals, axis = scale_on(model, q, qs.scale, shape, "output")
+            if axis is not None:
+                raise node_error(model, q, "per-channel output scale after an average pool not supported")
+            s_y, t_out, out_name = float(vals[0]), qs.type, q.output[0]
+            r = Fraction(x.scale.value) / (area * Fraction(s_y))
+            old.append(q)
+            names = names + onnx_names(q)
+        else:
+            t_out = CodeType.smallest(area * min(x.type.lo, 0), area * max(x.type.hi, 0))
+            if t_out.bits > 16:
+                raise node_error(model, node, f"the window sum needs {t_out} (more than 16 bits); put a Quant "
+                                              "after the pool")
+            s_y, out_name, r = x.scale.value / area, node.output[0], Fraction(1)
+            shape = _shape(model, out_name)
+        try:
+            M, sh = ref.dyadic(float(r), m)
+        except ValueError as e:
+            raise node_error(model, node, str(e)) from None
+        attrs = {"kernel": k, "stride": st, "pad": pad, "M": int(M), "sh": int(sh), "in_type": x.type.to_json(),
+                 "out_type": t_out.to_json()}
+        out = Tensor(shape, "code", type=t_out, scale=Scale.scalar(s_y))
+        replace_nodes(model, old, [make_ir_node("avgpool2d", [node.input[0]], [out_name], attrs, [out], names)])
+        return True
+
+
+# ---------------------------------------------------------------------------------------
 # graph outputs, checks
 # ---------------------------------------------------------------------------------------
 
@@ -1421,11 +1708,13 @@ def _reason(model: ModelWrapper, node: NodeProto) -> str:
             return (f"its input, {_describe(model, i)}, is a float tensor, not quantized "
                     "(put a Quant/QuantIdentity before it)")
     for i in ins:
-        if const_of(model, i) is not None and node.op_type not in ("MatMul", "Gemm", "Add"):
-            return f"its input, {_describe(model, i)}, is a quantized constant, which only MatMul/Gemm take"
+        if const_of(model, i) is not None and node.op_type not in ("MatMul", "Gemm", "Add", "Conv"):
+            return f"its input, {_describe(model, i)}, is a quantized constant, which only MatMul/Gemm/Conv take"
     if node.op_type == "BatchNormalization":
-        return ("BatchNormalization must follow a MatMul/Gemm and feed exactly one Quant/BipolarQuant "
+        return ("BatchNormalization must follow a MatMul/Gemm/Conv and feed exactly one Quant/BipolarQuant "
                 "(directly or through a Relu)")
+    if node.op_type == "Conv" and len(node.input) > 1 and const_of(model, node.input[1]) is None:
+        return "its weights must be a Quant/BipolarQuant of a constant"
     if node.op_type == "Relu":
         return "Relu must feed exactly one Quant (it folds into the quantizer's unsigned range)"
     if node.op_type == "Add":

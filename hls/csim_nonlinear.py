@@ -38,6 +38,8 @@ binary_mvau        rows * (N/PE) * ceil(K/SIMD)
 threshold          rows * C
 maxpool2d          images * C * OH * OW * KH * KW
 avgpool2d          images * C * OH * OW * KH * KW  (global: images * C * H * W)
+conv2d             images * OH * OW * ceil(OC/PE) * ceil(K/SIMD)  (MVAU; the window
+                   generator's count comes back as "swg_trips", see conv.h)
 =================  ==============================================================
 """
 from __future__ import annotations
@@ -51,7 +53,7 @@ from codesign.sim.reference import IntType, LayerNormParams
 __all__ = [
     "softmax", "softmax_ex", "isqrt", "isqrt_ex", "layernorm", "layernorm_ex",
     "xnor_popcount", "xnor_popcount_ex", "binary_mvau", "binary_mvau_ex", "threshold", "threshold_ex",
-    "maxpool2d", "maxpool2d_ex", "avgpool2d", "avgpool2d_ex",
+    "maxpool2d", "maxpool2d_ex", "avgpool2d", "avgpool2d_ex", "conv2d", "conv2d_ex",
 ]
 
 MAX_SHIFT = 62
@@ -680,6 +682,125 @@ def avgpool2d_ex(x, kernel, M, sh, stride=None, pad=0, in_type: IntType = IntTyp
 
 
 # ---------------------------------------------------------------------------
+# §11 convolution
+# ---------------------------------------------------------------------------
+
+_CONV = r"""@HELPERS@
+#include "codesign/conv.h"
+typedef @X@ X;
+typedef @WT@ WT;
+static const int IC = @IC@, H = @H@, W = @W@, OC = @OC@, KH = @KH@, KW = @KW@;
+typedef codesign::Conv2d<X, WT, IC, H, W, OC, KH, KW, @SH@, @SW@, @PT@, @PL@, @PB@, @PR@, @DH@, @DW@, @G@, @PE@,
+                         @SIMD@, @HAS_BIAS@> U;
+static const int K = U::K, OH = U::OH, OW = U::OW;
+static U::x_t xb[IC * H][W];
+static U::w_t wb[OC][K];
+static U::bias_t bb[OC];
+static U::acc_t yb[OC * OH][OW];
+int main() {
+    csim::In in;
+    csim::Out out;
+    const std::vector<long long>& x = in.i64("x");
+    const std::vector<long long>& w = in.i64("w");
+    if (x.size() % (IC * H * W) != 0 || w.size() != (std::size_t)OC * K) csim::fail("conv2d: bad input sizes");
+    for (int o = 0; o < OC; ++o)
+        for (int k = 0; k < K; ++k) wb[o][k] = code_in<WT>(w[o * K + k], "w");
+#if @HAS_BIAS@
+    const std::vector<long long>& b = in.i64("bias");
+    if (b.size() != (std::size_t)OC) csim::fail("conv2d: bias must have OC elements");
+    for (int o = 0; o < OC; ++o) bb[o] = U::bias_t(csim::fit_check<32, true>(b[o], "bias"));
+#endif
+    const std::size_t images = x.size() / (IC * H * W);
+    std::vector<long long> y(images * OC * OH * OW);
+    for (std::size_t n = 0; n < images; ++n) {
+        const long long* xi = &x[n * IC * H * W];
+        for (int r = 0; r < IC * H; ++r)
+            for (int c = 0; c < W; ++c) xb[r][c] = code_in<X>(xi[r * W + c], "x");
+#if @HAS_BIAS@
+        U::run(xb, wb, bb, yb);
+#else
+        U::run(xb, wb, yb);
+#endif
+        long long* yi = &y[n * OC * OH * OW];
+        for (int r = 0; r < OC * OH; ++r)
+            for (int c = 0; c < OW; ++c) yi[r * OW + c] = yb[r][c].to_int64();
+    }
+    std::vector<std::size_t> shape = in.shape("x");
+    shape[1] = OC;
+    shape[2] = OH;
+    shape[3] = OW;
+    out.put_i64("y", shape, y);
+    out.put_scalar_i64("acc_bits", U::acc_bits);
+    out.put_scalar_i64("trips", (long long)codesign::csim_trips());
+    out.put_scalar_i64("swg_trips", (long long)codesign::conv_swg_trips());
+    out.put_scalar_i64("mvau_cycles", U::mvau_cycles());
+    out.put_scalar_i64("swg_cycles", U::swg_cycles());
+    return 0;
+}
+"""
+
+
+def conv2d_ex(x, w, bias=None, stride=1, pad=0, dilation=1, groups: int = 1,
+              x_type: IntType = IntType(8, False), w_type: IntType = IntType(4, True), *,
+              pe: int = 1, simd: int = 1) -> Ex:
+    """§11 convolution by ``codesign::Conv2d`` (conv.h): sliding-window generator + MVAU.
+
+    Same arguments as :func:`codesign.sim.reference.conv2d`; ``pe`` (1..OC/groups) and
+    ``simd`` (>= 1) choose the folding. The info dict has ``trips`` (the MVAU's pipelined
+    iterations, = images * OH * OW * ceil(OC/PE) * ceil(K/SIMD)), ``swg_trips`` (the
+    window generator's), ``acc_bits`` (the accumulator width the template chose).
+    """
+    from codesign.sim import reference as ref
+
+    op = "conv2d"
+    xt, wt = as_type(op, x_type), as_type(op, w_type)
+    for what, t, unsigned_ok in (("activation", xt, True), ("weight", wt, False)):
+        check_bits(op, f"{what} bits", t.bits, 1, 8)
+        if t.bits == 1 and not t.signed:
+            raise ValueError(f"{op}: 1-bit {what} must be bipolar (signed=True)")
+        if not unsigned_ok and not t.signed:
+            raise ValueError(f"{op}: {what} must be signed or bipolar")
+    x = check_codes(op, "x", int_codes(op, "x", x), xt)
+    w = check_codes(op, "w", int_codes(op, "w", w), wt)
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"{op}: need x (N, C, H, W) and w (OC, C/groups, KH, KW), got {x.shape} and {w.shape}")
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"{op}: groups={groups!r} must be an integer >= 1")
+    N, IC, H, W = x.shape
+    OC, ICg, KH, KW = w.shape
+    if IC % groups or OC % groups or ICg != IC // groups:
+        raise ValueError(f"{op}: groups={groups} does not fit x {x.shape} and w {w.shape}")
+    s_h, s_w = _pair(op, "stride", stride)
+    d_h, d_w = _pair(op, "dilation", dilation)
+    pt, pl, pb, pr = ref.conv_pads(op, pad)
+    OH, OW = ref.conv_geometry(H, W, (KH, KW), (s_h, s_w), (pt, pl, pb, pr), (d_h, d_w), op)
+    if not (isinstance(pe, (int, np.integer)) and 1 <= pe <= OC // groups):
+        raise ValueError(f"{op}: pe={pe!r} must be in 1..OC/groups={OC // groups}")
+    if not (isinstance(simd, (int, np.integer)) and simd >= 1):
+        raise ValueError(f"{op}: simd={simd!r} must be >= 1")
+    inputs = {"x": x, "w": w}
+    if bias is not None:
+        b = int_codes(op, "bias", bias)
+        if b.shape != (OC,):
+            raise ValueError(f"{op}: bias shape {b.shape} is not ({OC},)")
+        inputs["bias"] = b
+    K = ICg * KH * KW
+    wacc = ref.acc_bits(K, xt, wt, *((-(2**31), 2**31 - 1) if bias is not None else (0, 0)))
+    if wacc > 48:
+        raise ValueError(f"{op}: K={K} needs a {wacc}-bit accumulator, more than 48 bits (§2, §11)")
+    if N == 0:
+        return np.zeros((0, OC, OH, OW), dtype=np.int64), {"trips": 0, "swg_trips": 0, "acc_bits": wacc}
+    src = _render(_CONV, HELPERS=_HELPERS, X=_ctype(xt), WT=_ctype(wt), IC=IC, H=H, W=W, OC=OC, KH=KH, KW=KW,
+                  SH=s_h, SW=s_w, PT=pt, PL=pl, PB=pb, PR=pr, DH=d_h, DW=d_w, G=groups, PE=int(pe), SIMD=int(simd),
+                  HAS_BIAS=_b(bias is not None))
+    tag = (f"{xt}-{wt}-{IC}x{H}x{W}-o{OC}k{KH}x{KW}s{s_h}x{s_w}p{pt}{pl}{pb}{pr}d{d_h}x{d_w}g{groups}"
+           f"-pe{pe}simd{simd}{'-b' if bias is not None else ''}")
+    res = _run(op, src, inputs, tag)
+    return res["y"], {"trips": int(res["trips"]), "swg_trips": int(res["swg_trips"]),
+                      "acc_bits": int(res["acc_bits"])}
+
+
+# ---------------------------------------------------------------------------
 # The reference's signatures (results only)
 # ---------------------------------------------------------------------------
 
@@ -723,3 +844,10 @@ def avgpool2d(x, kernel, M, sh, stride=None, pad=0, in_type: IntType = IntType(8
               out_type: IntType | None = None) -> np.ndarray:
     """§9 average pooling (see :func:`avgpool2d_ex`)."""
     return avgpool2d_ex(x, kernel, M, sh, stride, pad, in_type, out_type)[0]
+
+
+def conv2d(x, w, bias=None, stride=1, pad=0, dilation=1, groups: int = 1,
+           x_type: IntType = IntType(8, False), w_type: IntType = IntType(4, True), *,
+           pe: int = 1, simd: int = 1) -> np.ndarray:
+    """§11 convolution (see :func:`conv2d_ex`)."""
+    return conv2d_ex(x, w, bias, stride, pad, dilation, groups, x_type, w_type, pe=pe, simd=simd)[0]

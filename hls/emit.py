@@ -58,8 +58,8 @@ from codesign.hls.naming import Namer
 
 __all__ = ["emit_project", "run_project_csim", "CsimReport", "SUPPORTED_OPS", "GOLDEN_MAGIC"]
 
-SUPPORTED_OPS = ("matmul", "requant", "threshold", "add", "lut", "softmax", "layernorm",
-                 "reshape", "flatten", "identity", "transpose", "gather", "concat")
+SUPPORTED_OPS = ("matmul", "conv2d", "requant", "threshold", "add", "lut", "softmax", "layernorm",
+                 "maxpool2d", "avgpool2d", "reshape", "flatten", "identity", "transpose", "gather", "concat")
 """Accelerator ops the emitter handles (plus the host boundary ops quantize/dequantize)."""
 
 GOLDEN_MAGIC = b"CSGV"
@@ -71,7 +71,8 @@ HLS_PROJECT = "codesign_prj"
 # (p_ ports, b_ buffers, k_ constants, t_ temporaries), so none can clash with these.
 RESERVED = ("weights", "cs_sint", "cs_uint", "cs_rd", "codesign", "main", "case_idx", "i", "r", "c")
 
-HEADERS = ("types.h", "matmul.h", "requant.h", "add.h", "lut.h", "softmax.h", "layernorm.h", "binary.h")
+HEADERS = ("types.h", "matmul.h", "requant.h", "add.h", "lut.h", "softmax.h", "layernorm.h", "binary.h", "pool.h",
+           "conv.h")
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,6 +321,102 @@ class _Emitter:
             f"        {mv}::run<{Mr}>(&{aa.name}[g * {Mr}], &{wb.name}[g * {K}], {bias_arg}&{y.name}[g * {Mr}]);",
             "    }",
         ]
+
+    def op_conv2d(self, op: Op) -> None:
+        """§11: ``codesign::Conv2d`` (conv.h) on the NCHW buffers as they are: the input
+        ``[IC*H][W]``, the accumulator ``[OC*OH][OW]``, the weights ``[OC][IC/G*KH*KW]``
+        (the ONNX layout flattened). Unfolded (PE = SIMD = 1), as matmul."""
+        X = CodeType.from_json(op.attrs["x_type"])
+        Wt = CodeType.from_json(op.attrs["w_type"])
+        xt, yt = self.ir.tensors[op.inputs[0]], self.ir.tensors[op.outputs[0]]
+        if len(xt.shape) != 4:
+            raise _unsupported(op, f"input of shape {xt.shape} is not NCHW")
+        _, IC, H, W = xt.shape
+        _, OC, OH, OW = yt.shape
+        wc = self.ir.constants[op.inputs[1]]
+        _, ICg, KH, KW = wc.values.shape
+        sh, sw = op.attrs["stride"]
+        pt, pl, pb, pr = op.attrs["pad"]
+        dh, dw = op.attrs["dilation"]
+        G = int(op.attrs["groups"])
+        xa = self.as_cls(self.operand(op, op.inputs[0]), _intt(X))
+        y = self.buf(op.outputs[0])
+        w = self.const(op.inputs[1], _intt(Wt), OC, ICg * KH * KW)
+        has_bias = len(op.inputs) == 3
+        blo = bhi = 0
+        bias_arg = ""
+        if has_bias:
+            bv = self.ir.constants[op.inputs[2]].values
+            blo, bhi = int(bv.min()), int(bv.max())
+            bias_arg = self.const(op.inputs[2], _sint(32), 1, OC).name + "[0], "
+        acc = yt.acc_bits
+        cv = (f"codesign::Conv2d<{_intt(X)}, {_intt(Wt)}, {IC}, {H}, {W}, {OC}, {KH}, {KW}, {sh}, {sw}, {pt}, {pl}, "
+              f"{pb}, {pr}, {dh}, {dw}, {G}, 1, 1, {_b(has_bias)}, {blo}LL, {bhi}LL, {acc}>")
+        self.body.append(f"    static_assert({cv}::OH == {OH} && {cv}::OW == {OW}, \"{op.name}: output size\");")
+        self.body.append(f"    {cv}::run({xa.name}, {w.name}, {bias_arg}{y.name});")
+
+    def _chw(self, cls: str, C: int, H: int, W: int) -> str:
+        """A static [C][H][W] array (pool.h's image layout)."""
+        self.ntmp += 1
+        name = f"t_{self.ntmp}"
+        self.decls.append(f"    static {cls}::storage {name}[{C}][{H}][{W}];")
+        return name
+
+    def _copy_chw(self, src: str, dst: str, C: int, H: int, W: int, to_chw: bool) -> None:
+        """Copy between a [C*H][W] buffer and a [C][H][W] array (same element order)."""
+        lab = self.label("chw")
+        a, b = (f"{dst}[c][h][w]", f"{src}[c * {H} + h][w]") if to_chw else (f"{dst}[c * {H} + h][w]", f"{src}[c][h][w]")
+        self.body += [
+            f"{lab}:",
+            f"    for (int c = 0; c < {C}; ++c)",
+            f"        for (int h = 0; h < {H}; ++h)",
+            f"            for (int w = 0; w < {W}; ++w) {{",
+            "#pragma HLS PIPELINE II = 1",
+            f"                {a} = {b};",
+            "            }",
+        ]
+
+    def _pool(self, op: Op, X: CodeType, Y: CodeType, call) -> None:
+        """pool.h takes x[C][H][W]: the NCHW buffer is copied into one and the result out
+        of one (C*H*W and C*OH*OW extra cycles, one element each)."""
+        xt, yt = self.ir.tensors[op.inputs[0]], self.ir.tensors[op.outputs[0]]
+        if len(xt.shape) != 4:
+            raise _unsupported(op, f"input of shape {xt.shape} is not NCHW")
+        _, C, H, W = xt.shape
+        _, _, OH, OW = yt.shape
+        xa = self.as_cls(self.operand(op, op.inputs[0]), _intt(X))
+        y = self.buf(op.outputs[0])
+        xi = self._chw(_intt(X), C, H, W)
+        yo = self._chw(_intt(Y), C, OH, OW)
+        self._copy_chw(xa.name, xi, C, H, W, True)
+        self.body.append("    " + call(C, H, W, xi, yo))
+        if y.cls == _intt(Y):
+            self._copy_chw(yo, y.name, C, OH, OW, False)
+        else:
+            t = self.tmp(_intt(Y), y.R, y.C, y.shape)
+            self._copy_chw(yo, t.name, C, OH, OW, False)
+            self._copy_flat(t, y)
+
+    @staticmethod
+    def _window(op: Op) -> str:
+        (kh, kw), (sh, sw), (ph, pw) = op.attrs["kernel"], op.attrs.get("stride") or op.attrs["kernel"], \
+            op.attrs.get("pad", [0, 0])
+        return f"{kh}, {kw}, {sh}, {sw}, {ph}, {pw}"
+
+    def op_maxpool2d(self, op: Op) -> None:
+        X = CodeType.from_json(op.attrs["in_type"])
+        win = self._window(op)
+        self._pool(op, X, X, lambda C, H, W, xi, yo:
+                   f"codesign::maxpool2d<{_intt(X)}, {C}, {H}, {W}, {win}>({xi}, {yo});")
+
+    def op_avgpool2d(self, op: Op) -> None:
+        X = CodeType.from_json(op.attrs["in_type"])
+        Y = CodeType.from_json(op.attrs.get("out_type") or op.attrs["in_type"])
+        M, sh = int(op.attrs["M"]), int(op.attrs["sh"])
+        win = self._window(op)
+        self._pool(op, X, Y, lambda C, H, W, xi, yo:
+                   f"codesign::avgpool2d<{_intt(X)}, {_intt(Y)}, {C}, {H}, {W}, {win}>({xi}, ap_uint<24>({M}), "
+                   f"ap_uint<6>({sh}), {yo});")
 
     def _per_channel(self, op: Op, name: str, C: int, cls: str) -> tuple[str, bool]:
         c = self.ir.constants[name]

@@ -30,6 +30,7 @@ __all__ = [
     "add_params", "add",
     "pack_bipolar", "xnor_popcount", "threshold", "bn_thresholds",
     "maxpool2d", "avgpool2d",
+    "conv_geometry", "conv2d",
 ]
 
 # ---------------------------------------------------------------------------
@@ -750,3 +751,110 @@ def avgpool2d(x, kernel, M, sh, stride=None, pad=0, in_type: IntType = IntType(8
         return requant(win.sum(axis=(-2, -1)), M, sh, out_type)
     except ValueError as e:  # name this op first (§0)
         raise ValueError(f"avgpool2d: {e}") from None
+
+
+# ---------------------------------------------------------------------------
+# §11 convolution
+# ---------------------------------------------------------------------------
+
+def _conv_pair(op: str, what: str, v, lo: int) -> tuple[int, int]:
+    vals = (v, v) if np.isscalar(v) else tuple(v)
+    if len(vals) != 2 or not all(isinstance(e, (int, np.integer)) and not isinstance(e, (bool, np.bool_))
+                                 for e in vals) or min(vals) < lo:
+        raise ValueError(f"{op}: {what}={v!r} must be an integer >= {lo} or a pair of them")
+    return int(vals[0]), int(vals[1])
+
+
+def conv_pads(op: str, pad) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) from an int, a symmetric pair (ph, pw) or ONNX's
+    4-tuple (top, left, bottom, right); all >= 0."""
+    vals = (pad, pad) if np.isscalar(pad) else tuple(pad)
+    if len(vals) == 2:
+        ph, pw = _conv_pair(op, "pad", tuple(vals), 0)
+        return ph, pw, ph, pw
+    if len(vals) != 4 or not all(isinstance(e, (int, np.integer)) and not isinstance(e, (bool, np.bool_))
+                                 and e >= 0 for e in vals):
+        raise ValueError(f"{op}: pad={pad!r} must be an integer >= 0, a pair (ph, pw) or ONNX "
+                         "(top, left, bottom, right)")
+    return tuple(int(e) for e in vals)  # type: ignore[return-value]
+
+
+def conv_geometry(H: int, W: int, kernel, stride=1, pad=0, dilation=1, op: str = "conv2d") -> tuple[int, int]:
+    """§11 output size (OH, OW): floor((H + pt + pb - dh*(kh-1) - 1) / sh) + 1 (ONNX/torch)."""
+    kh, kw = _conv_pair(op, "kernel", kernel, 1)
+    sh, sw = _conv_pair(op, "stride", stride, 1)
+    dh, dw = _conv_pair(op, "dilation", dilation, 1)
+    pt, pl, pb, pr = conv_pads(op, pad)
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if H + pt + pb < eh or W + pl + pr < ew:
+        raise ValueError(f"{op}: dilated kernel {(eh, ew)} larger than the padded input {(H + pt + pb, W + pl + pr)}")
+    return (H + pt + pb - eh) // sh + 1, (W + pl + pr - ew) // sw + 1
+
+
+def conv2d(x, w, bias=None, stride=1, pad=0, dilation=1, groups: int = 1,
+           x_type: IntType = IntType(8, False), w_type: IntType = IntType(4, True)) -> np.ndarray:
+    """§11: 2-D convolution of NCHW integer codes, exact int64 accumulators (N, OC, OH, OW).
+
+    ``acc[n, o, i, j] = bias[o] + sum_{c, u, v} x[n, g*ICg + c, i*sh - pt + u*dh, j*sw - pl + v*dw]
+    * w[o, c, u, v]`` over the positions inside the input (padding contributes 0, also for
+    bipolar inputs: the sum runs over the real elements only), ``g = o // (OC/groups)``.
+    ``w``: (OC, IC/groups, KH, KW) codes of ``w_type`` (signed or bipolar, 1..8 bits);
+    ``x``: codes of ``x_type`` (1..8 bits; 1-bit is bipolar); ``bias``: int32 (OC,) or None.
+    ``pad``: int, (ph, pw) or ONNX (top, left, bottom, right). The accumulator width of §2
+    with ``K = IC/groups * KH * KW`` must be at most 48 bits.
+
+    Evaluated as direct window sums in int64: for every kernel tap (u, v) a strided slice of
+    the zero-padded input times the tap's weights, summed over the group's input channels.
+    Every partial sum lies in §2's interval (< 2^47 in magnitude), so int64 is exact.
+    """
+    op = "conv2d"
+    x_type, w_type = as_type(op, x_type), as_type(op, w_type)
+    _check_mm_type(op, "activation", x_type, True)
+    _check_mm_type(op, "weight", w_type, False)
+    x = int_codes(op, "x", x)
+    w = int_codes(op, "w", w)
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"{op}: need x (N, C, H, W) and w (OC, C/groups, KH, KW), got {x.shape} and {w.shape}")
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"{op}: groups={groups!r} must be an integer >= 1")
+    groups = int(groups)
+    N, C, H, W = x.shape
+    OC, ICg, KH, KW = w.shape
+    if C < 1 or H < 1 or W < 1 or OC < 1 or KH < 1 or KW < 1:
+        raise ValueError(f"{op}: empty axis in x {x.shape} or w {w.shape}")
+    if C % groups or OC % groups or ICg != C // groups:
+        raise ValueError(f"{op}: groups={groups} needs C={C} and OC={OC} divisible by it and w of shape "
+                         f"(OC, C/groups={C // groups if C % groups == 0 else '?'}, KH, KW), got {w.shape}")
+    sh, sw = _conv_pair(op, "stride", stride, 1)
+    dh, dw = _conv_pair(op, "dilation", dilation, 1)
+    pt, pl, pb, pr = conv_pads(op, pad)
+    OH, OW = conv_geometry(H, W, (KH, KW), (sh, sw), (pt, pl, pb, pr), (dh, dw), op)
+    check_codes(op, "x", x, x_type)
+    check_codes(op, "w", w, w_type)
+    K = ICg * KH * KW
+    blo, bhi = 0, 0
+    if bias is not None:
+        b = int_codes(op, "bias", bias)
+        if b.shape != (OC,):
+            raise ValueError(f"{op}: bias shape {b.shape} is not ({OC},)")
+        if b.size and (b.min() < -(2**31) or b.max() > 2**31 - 1):
+            raise ValueError(f"{op}: bias outside int32: [{int(b.min())}, {int(b.max())}]")
+        blo, bhi = -(2**31), 2**31 - 1
+    wacc = acc_bits(K, x_type, w_type, blo, bhi)
+    if wacc > 48:
+        raise ValueError(f"{op}: K={K} needs a {wacc}-bit accumulator, more than 48 bits (§2, §11)")
+    xp = np.zeros((N, C, H + pt + pb, W + pl + pr), dtype=np.int64)  # padding contributes 0
+    xp[:, :, pt:pt + H, pl:pl + W] = x
+    OCg = OC // groups
+    acc = np.zeros((N, OC, OH, OW), dtype=np.int64)
+    for g in range(groups):
+        xg = xp[:, g * ICg:(g + 1) * ICg]
+        wg = w[g * OCg:(g + 1) * OCg]
+        for u in range(KH):
+            for v in range(KW):
+                r0, c0 = u * dh, v * dw
+                tap = xg[:, :, r0:r0 + (OH - 1) * sh + 1:sh, c0:c0 + (OW - 1) * sw + 1:sw]  # (N, ICg, OH, OW)
+                acc[:, g * OCg:(g + 1) * OCg] += np.einsum("nchw,oc->nohw", tap, wg[:, :, u, v])
+    if bias is not None:
+        acc += b.reshape(1, OC, 1, 1)
+    return acc

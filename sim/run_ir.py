@@ -68,6 +68,12 @@ def _matmul(op: Op, a, w, bias=None):
     return ref.matmul(a, w, bias, _type(op, "a_type"), _type(op, "w_type"))
 
 
+def _conv2d(op: Op, x, w, bias=None):
+    at = op.attrs
+    return ref.conv2d(x, w, bias, at["stride"], at["pad"], at["dilation"], at["groups"], _type(op, "x_type"),
+                      _type(op, "w_type"))
+
+
 def _requant(op: Op, acc, M, sh):
     return ref.requant(acc, M, sh, _type(op, "out_type"), op.attrs["acc_bits_max"], op.attrs["m"])
 
@@ -96,7 +102,8 @@ def _layernorm(op: Op, x, G, B):
 
 
 def _generic(op: Op, *args):
-    """Contract ops the lowering does not emit: inputs positional, attrs as keywords."""
+    """Other contract ops (maxpool2d, avgpool2d, xnor_popcount, isqrt): inputs positional,
+    attrs as keywords (code types converted)."""
     from codesign.accel.ops import OPS
     kw = {k: (CodeType.from_json(v).int_type() if k.endswith("_type") else v) for k, v in op.attrs.items()}
     return OPS[op.op].reference_fn()(*args, **kw)
@@ -127,7 +134,7 @@ def _identity(op: Op, x):
 
 
 _RUN: dict[str, Callable[..., np.ndarray]] = {
-    "quantize": _quantize, "dequantize": _dequantize, "matmul": _matmul, "requant": _requant,
+    "quantize": _quantize, "dequantize": _dequantize, "matmul": _matmul, "conv2d": _conv2d, "requant": _requant,
     "threshold": _threshold, "add": _add, "lut": _lut, "softmax": _softmax, "layernorm": _layernorm,
     "reshape": _reshape, "flatten": _flatten, "transpose": _transpose, "concat": _concat,
     "gather": _gather, "identity": _identity,

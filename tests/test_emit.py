@@ -208,11 +208,12 @@ def test_unsupported_op_named(mlp_ir, tmp_path):
     import copy
     ir = copy.deepcopy(mlp_ir)
     op = next(o for o in ir.ops if o.op == "requant")
-    op.op = "maxpool2d"
-    with pytest.raises(NotImplementedError, match=r"emit: op 'requant_0' \(maxpool2d\) is not supported by the "
+    op.op = "isqrt"  # a contract op (§6 helper) the emitter has no standalone call for
+    with pytest.raises(NotImplementedError, match=r"emit: op 'requant_0' \(isqrt\) is not supported by the "
                                                   r"HLS emitter yet; supported: matmul"):
         emit_project(ir, tmp_path / "x", BOARDS["zcu102"], 200.0, {ir.inputs[0].onnx_name: _x((16,), 8)})
-    assert set(SUPPORTED_OPS) >= {"matmul", "requant", "threshold", "add", "lut", "softmax", "layernorm"}
+    assert set(SUPPORTED_OPS) >= {"matmul", "requant", "threshold", "add", "lut", "softmax", "layernorm", "conv2d",
+                                  "maxpool2d", "avgpool2d"}
 
 
 def test_fqbert_tiny_csim(tmp_path):

@@ -427,7 +427,7 @@ def _one_line(msg: str) -> bool:
     return "\n" not in msg and "\r" not in msg
 
 
-@pytest.mark.parametrize("op, domain, shown", [("Softmax", "", "Softmax"), ("Conv", "", "Conv"),
+@pytest.mark.parametrize("op, domain, shown", [("Softmax", "", "Softmax"), ("LRN", "", "LRN"),
                                                ("Trunc", QONNX, f"Trunc of domain {QONNX}"),
                                                ("Frobnicate", "my.ops", "Frobnicate of domain my.ops")])
 def test_unsupported_op_one_line(op, domain, shown):
@@ -448,19 +448,19 @@ def test_unsupported_op_one_line(op, domain, shown):
     assert "Gemm" in msg and "Quant" in msg and "IntSoftmax" in msg
 
 
-def test_unsupported_brevitas_conv(tmp_path):
+def test_unsupported_brevitas_conv_transpose(tmp_path):
     import torch
     import brevitas.nn as qnn
     torch.manual_seed(0)
     net = torch.nn.Sequential(qnn.QuantIdentity(return_quant_tensor=True),
-                              qnn.QuantConv2d(2, 3, 3, bias=False))
+                              qnn.QuantConvTranspose2d(2, 3, 3, bias=False))
     net.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from brevitas.export import export_qonnx
-        export_qonnx(net, torch.zeros(1, 2, 5, 5), export_path=str(tmp_path / "conv.onnx"))
-    with pytest.raises(UnsupportedOpError, match=r"^node '.*' \(op_type Conv\) is not supported; supported: "):
-        lower(str(tmp_path / "conv.onnx"))
+        export_qonnx(net, torch.zeros(1, 2, 5, 5), export_path=str(tmp_path / "convt.onnx"))
+    with pytest.raises(UnsupportedOpError, match=r"^node '.*' \(op_type ConvTranspose\) is not supported; supported: "):
+        lower(str(tmp_path / "convt.onnx"))
 
 
 def test_pattern_errors_name_the_node():
