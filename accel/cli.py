@@ -27,7 +27,7 @@ PROG = "codesign"
 DIST = "codesign"
 
 #: Models the ``build`` sub-command knows about.
-MODELS: tuple[str, ...] = ("fqbert",)
+MODELS: tuple[str, ...] = ("fqbert", "bnn", "mpcnn")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"target board ({', '.join(sorted(BOARDS))})",
     )
     p_build.add_argument("--config", default="tiny", metavar="CONFIG",
-                         help="FQ-BERT configuration: tiny, minilm or base (default tiny)")
+                         help="zoo configuration (default tiny): fqbert tiny|minilm|base, bnn tiny|resnet18, "
+                              "mpcnn tiny")
     p_build.add_argument("--out", metavar="DIR", help="output folder (default build/<model>-<board>)")
     p_build.add_argument("--force", action="store_true", help="replace an existing output folder")
     p_build.add_argument("--no-csim", action="store_true", help="skip the g++ C-simulation check")
@@ -281,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--clock", type=float, default=214.0, metavar="MHZ",
                          help="target clock in MHz (default 214, FQ-BERT's)")
     p_build.add_argument("--weights", metavar="CKPT",
-                         help="fqbert: a checkpoint written by 'codesign train' (model.pt) instead of "
-                              "the config's default weights")
+                         help="a checkpoint instead of the config's default weights: model.pt of "
+                              "'codesign train fqbert|bnn' or of 'codesign quantize mpcnn'")
     p_build.set_defaults(func=_cmd_build)
 
     p_train = sub.add_parser(

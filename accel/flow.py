@@ -46,9 +46,15 @@ __all__ = ["build", "predict", "BuildResult", "FlowError", "CsimMismatchError", 
            "ZOO", "CONFIGS", "DEFAULT_CLOCK_MHZ", "STEPS", "default_out", "hls_emitter"]
 
 #: Zoo models ``build`` knows by name.
-ZOO: tuple[str, ...] = ("fqbert",)
+ZOO: tuple[str, ...] = ("fqbert", "bnn", "mpcnn")
 #: FQ-BERT configurations (``codesign.quantize.fqbert.PRESETS``).
 CONFIGS: tuple[str, ...] = ("tiny", "minilm", "base")
+#: configurations per zoo model (the first is the default where ``tiny`` is not given)
+ZOO_CONFIGS: dict[str, tuple[str, ...]] = {"fqbert": CONFIGS, "bnn": ("tiny", "resnet18"), "mpcnn": ("tiny",)}
+#: ``build bnn`` / ``build mpcnn`` without --weights: training epochs of the quick model
+CNN_BUILD_EPOCHS = 5
+#: golden cases of the CNN zoo models: the first test digits
+CNN_CASES = 8
 #: FQ-BERT's clock on both boards (Liu et al., DATE 2021).
 DEFAULT_CLOCK_MHZ = 214.0
 STEPS = ("quantize", "lower", "golden", "emit", "csim", "report")
@@ -152,6 +158,8 @@ class _Front:
     params: dict | None = None  # FQ-BERT integer params
     dataset: Any = None
     config: str | None = None
+    samples: np.ndarray | None = None  # golden inputs (float32, batch first), else seeded random
+    lower_kw: dict | None = None  # options of codesign.accel.lower.lower
 
 
 def _fqbert_model(config: str, seed: int, weights: str | os.PathLike | None):
@@ -264,6 +272,105 @@ def _fqbert_accel_graph(full, params: dict):
     return ModelWrapper(proto)
 
 
+def _onnx_front(path: Path, summary: str, samples, config: str) -> _Front:
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    mw = ModelWrapper(str(path))
+    # thresholds for every quantizer: exact against QONNX's rounding (ties to even), as
+    # FINN lowers activations; docs/ir.md "exactness"
+    return _Front(mw, mw, summary, config=config, samples=samples, lower_kw={"threshold_all": True})
+
+
+def _bnn_front(config: str, seed: int, weights: str | os.PathLike | None) -> _Front:
+    """The Bi-Real BNN (:mod:`codesign.quantize.bnn`): ``tiny`` trained for
+    :data:`CNN_BUILD_EPOCHS` epochs on digits with the latent branch (or ``--weights``, a
+    ``codesign train bnn`` checkpoint); ``resnet18`` with seeded random weights."""
+    import tempfile
+
+    import torch
+
+    from codesign.quantize import bnn
+
+    if weights is not None:
+        p = Path(weights)
+        if not p.is_file():
+            raise FlowError(f"--weights '{p}' does not exist")
+        try:
+            model = bnn.load_checkpoint(p, latent_branch=False)
+        except Exception as e:
+            raise FlowError(f"--weights '{p}' is not a checkpoint written by 'codesign train bnn' "
+                            f"({type(e).__name__})") from None
+        if model.config.name != config:
+            raise FlowError(f"--weights '{p}' holds the '{model.config.name}' BNN; pass --config "
+                            f"{model.config.name}")
+        what = f"weights from {p.name}"
+    elif config == "tiny":
+        model, acc = bnn.train_one("tiny", seed, latent_branch=True, epochs=CNN_BUILD_EPOCHS)
+        what = (f"trained {CNN_BUILD_EPOCHS} epochs with the latent branch, test accuracy {100 * acc:.2f} % "
+                "(codesign train bnn trains longer)")
+    else:
+        model = bnn.build_bnn(config, seed)
+        what = "random weights (build/estimate only)"
+    model.eval()
+    if config == "tiny":
+        samples = bnn.digits()[2][:CNN_CASES].numpy().astype(np.float32)
+    else:
+        cfg = model.config
+        g = torch.Generator().manual_seed(seed)
+        samples = torch.rand((2, cfg.in_channels, cfg.input_size, cfg.input_size), generator=g).numpy()
+    with tempfile.TemporaryDirectory() as td:
+        bnn.export_bnn(model, Path(td) / "bnn.onnx")
+        return _onnx_front(Path(td) / "bnn.onnx", f"Bi-Real BNN {config}, seed {seed}, {what}", samples, config)
+
+
+#: ``build mpcnn`` without --weights: a mixed-precision assignment (an exact-MCKP answer of
+#: ``codesign quantize mpcnn --budget avg-bits=3.5``), kept fixed so builds are reproducible
+MPCNN_BUILD_BITS = {"conv1": 8, "b1c1": 4, "b1c2": 3, "down": 4, "b2c1": 3, "fc": 8}
+
+
+def _mpcnn_front(config: str, seed: int, weights: str | os.PathLike | None) -> _Front:
+    """The mixed-precision digits CNN (:mod:`codesign.quantize.mpcnn`): ``--weights`` (the
+    ``model.pt`` of ``codesign quantize mpcnn``) or :data:`MPCNN_BUILD_BITS` trained for
+    :data:`CNN_BUILD_EPOCHS` epochs."""
+    import tempfile
+
+    import torch
+
+    from codesign.quantize import mpcnn as M
+
+    if weights is not None:
+        p = Path(weights)
+        if not p.is_file():
+            raise FlowError(f"--weights '{p}' does not exist")
+        try:
+            ck = torch.load(str(p), map_location="cpu", weights_only=True)
+            model = M.build_mpcnn(ck["bits"], ck["act_bits"], seed=seed)
+            model.load_state_dict(ck["state_dict"])
+        except Exception as e:
+            raise FlowError(f"--weights '{p}' is not a model.pt written by 'codesign quantize mpcnn' "
+                            f"({type(e).__name__})") from None
+        what = f"weights from {p.name}"
+    else:
+        model = M.build_mpcnn(MPCNN_BUILD_BITS, seed=seed)
+        r = M.train_mpcnn(model, epochs=CNN_BUILD_EPOCHS, seed=seed)
+        what = f"trained {CNN_BUILD_EPOCHS} epochs, test accuracy {100 * r.test_acc:.2f} %"
+    model.eval()
+    bits = ", ".join(f"{n} {model.bits[n]}" for n in M.LAYERS)
+    samples = M.digits()[2][:CNN_CASES].numpy().astype(np.float32)
+    with tempfile.TemporaryDirectory() as td:
+        M.export_mpcnn(model, Path(td) / "mpcnn.onnx")
+        return _onnx_front(Path(td) / "mpcnn.onnx", f"mpcnn {config} (weight bits {bits}), seed {seed}, {what}",
+                           samples, config)
+
+
+def _zoo_front(name: str, config: str, seed: int, weights) -> _Front:
+    if name == "bnn":
+        return _bnn_front(config, seed, weights)
+    if name == "mpcnn":
+        return _mpcnn_front(config, seed, weights)
+    return _fqbert_front(config, seed, weights)
+
+
 def _file_front(path: Path) -> _Front:
     from codesign.accel.lower import _read  # OnnxReadError for missing/truncated/garbage files
     from qonnx.core.modelwrapper import ModelWrapper
@@ -322,6 +429,10 @@ def _golden(front: _Front, ir, seed: int, gdir: Path) -> tuple[dict, dict, dict,
                             "golden sentences", EXIT_FAILURE)
         extra = {"tokens": tokens, "labels": labels, "logits": logits}
         what = f"{FQBERT_CASES} synthetic sentences (IR == fqbert_ref on the logit codes)"
+    elif front.samples is not None:
+        inputs = {ir.inputs[0].name: np.ascontiguousarray(front.samples, dtype=np.float32)}
+        outs = run_reference(ir, inputs)
+        what = f"{len(front.samples)} samples of the model's data"
     else:
         inputs = _user_inputs(ir, seed, USER_CASES)
         outs = run_reference(ir, inputs)
@@ -367,10 +478,10 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
     except ValueError as e:
         raise FlowError(str(e)) from None
     src = _source(model)
-    if src.kind == "zoo" and config not in CONFIGS:
-        raise FlowError(f"unknown config {config!r} (supported: {', '.join(CONFIGS)})")
+    if src.kind == "zoo" and config not in ZOO_CONFIGS[src.name]:
+        raise FlowError(f"unknown config {config!r} for {src.name} (supported: {', '.join(ZOO_CONFIGS[src.name])})")
     if weights is not None and src.kind != "zoo":
-        raise FlowError("--weights applies to zoo models (fqbert); a QONNX file carries its own weights")
+        raise FlowError("--weights applies to zoo models; a QONNX file carries its own weights")
     if not (isinstance(clock_mhz, (int, float)) and 0 < clock_mhz < 1000):
         raise FlowError(f"clock {clock_mhz!r} MHz out of range (0, 1000)")
     out = Path(out) if out is not None else default_out(model, b)
@@ -388,7 +499,7 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
     try:
         with atomic_output_dir(out, force) as stage:
             def s_front():
-                state["front"] = f = (_fqbert_front(config, seed, weights) if src.kind == "zoo"
+                state["front"] = f = (_zoo_front(src.name, config, seed, weights) if src.kind == "zoo"
                                       else _file_front(src.path))
                 return f.summary
 
@@ -403,7 +514,7 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
                 from codesign.accel.lower import lower
 
                 f = state["front"]
-                ir = lower(f.accel, name=src.name)
+                ir = lower(f.accel, name=src.name, **(f.lower_kw or {}))
                 irm.save(ir, stage / "ir")
                 _write_model(cleanup_model(f.full), stage / "model.onnx")
                 if f.params is not None:
@@ -470,7 +581,8 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
                 rp.write(doc, stage)
                 from codesign.accel.verify import write_rtl
 
-                write_rtl(stage / "rtl", doc.get("folding"))
+                fold = doc.get("folding")
+                write_rtl(stage / "rtl", fold if isinstance(fold, dict) else None)  # engine folding (FQ-BERT)
                 return "report.json, report.md, rtl/"
 
             # the report records its own time too: measure, then rewrite with it

@@ -153,7 +153,7 @@ def test_build_existing_out_without_force_exit_2(tmp_path, board):
 def test_build_unknown_model_exit_2(capsys):
     assert cli.main(["build", "resnet", "--board", "zcu102"]) == 2
     _, err = capsys.readouterr()
-    assert err.splitlines() == ["error: unknown model 'resnet' (zoo models: fqbert; or the path of a .onnx file)"]
+    assert err.splitlines() == ["error: unknown model 'resnet' (zoo models: fqbert, bnn, mpcnn; or the path of a .onnx file)"]
 
 
 def test_no_command_prints_help_exit_2(capsys):
@@ -209,7 +209,7 @@ def test_ops_lists_every_contract_op(capsys):
     names = [o["name"] for o in listed]
     # the ops named in docs/arithmetic.md, written out here, not read from the registry
     assert names == ["quantize", "dequantize", "matmul", "requant", "lut", "softmax", "isqrt", "layernorm",
-                     "add", "xnor_popcount", "threshold", "maxpool2d", "avgpool2d"]
+                     "add", "xnor_popcount", "threshold", "maxpool2d", "avgpool2d", "conv2d"]
     assert all(o["header"].startswith("codesign/") and o["cycles"] for o in listed)
     assert cli.main(["ops"]) == 0
     table = capsys.readouterr().out
