@@ -154,7 +154,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         res = train_flow.train(args.model, args.config, out, force=args.force, seed=args.seed,
                                epochs=args.epochs, qat_epochs=args.qat_epochs, steps=args.steps,
-                               train_size=args.train_size,
+                               train_size=args.train_size, seeds=args.seeds,
                                threads=args.threads, progress=_progress)
     except train_flow.TrainError as exc:
         raise CliError(str(exc), exc.code) from None
@@ -293,17 +293,23 @@ def build_parser() -> argparse.ArgumentParser:
                      "reports fp32 vs W4A8 accuracy. fqbert --config minilm: the pretrained all-MiniLM-L6-v2 "
                      "quantized and recovered by data-free distillation from its fp32 self; reports the "
                      "cosine similarity of fp32 vs fully integer sentence embeddings. Writes train.json, "
-                     "train.md and model.pt (for 'codesign build fqbert --weights DIR/model.pt')."),
+                     "train.md and model.pt (for 'codesign build fqbert --weights DIR/model.pt'). "
+                     "bnn --config tiny: the Bi-Real BNN on digits with and without the latent-weight "
+                     "branch, same seeds; reports accuracy per seed, mean and spread."),
     )
-    p_train.add_argument("model", metavar="MODEL", help=f"zoo model ({', '.join(MODELS)})")
-    p_train.add_argument("--config", default="tiny", metavar="CONFIG", help="tiny (default) or minilm")
+    p_train.add_argument("model", metavar="MODEL", help="fqbert or bnn")
+    p_train.add_argument("--config", default="tiny", metavar="CONFIG",
+                         help="tiny (default); fqbert also minilm")
     p_train.add_argument("--out", metavar="DIR", help="output folder (default build/train-<model>-<config>)")
     p_train.add_argument("--force", action="store_true", help="replace an existing output folder")
     p_train.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    p_train.add_argument("--epochs", type=int, metavar="N", help="tiny: fp32 fine-tuning epochs")
+    p_train.add_argument("--epochs", type=int, metavar="N",
+                         help="fqbert tiny: fp32 fine-tuning epochs; bnn: epochs per run (default 15)")
     p_train.add_argument("--qat-epochs", type=int, metavar="N", help="tiny: quantization-aware epochs")
     p_train.add_argument("--train-size", type=int, metavar="N", help="tiny: training sentences (default 8000)")
     p_train.add_argument("--steps", type=int, metavar="N", help="minilm: distillation steps")
+    p_train.add_argument("--seeds", type=int, metavar="N",
+                         help="bnn: seeds per variant, --seed .. --seed+N-1 (default 3)")
     p_train.add_argument("--threads", type=int, default=1, metavar="N",
                          help="torch intra-op threads (default 1: fastest on a small shared machine)")
     p_train.set_defaults(func=_cmd_train)
