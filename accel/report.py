@@ -7,9 +7,16 @@ counts from its ops, csim figures from the C-simulation.
 Resources, latency, throughput and power of **FQ-BERT** builds are **estimates** of the
 engine's cost model (``codesign.accel.engine``, docs/engine.md): the folding search's
 fastest folding for the build's config, board and clock, labelled with
-``engine.ESTIMATE_LABEL`` wherever they appear. For user QONNX builds they stay ``null``
-and marked ``"pending engine issue"`` (the engine runs FQ-BERT's encoder only). Nothing is
-invented.
+``engine.ESTIMATE_LABEL`` wherever they appear.
+
+Every other build (user QONNX CNNs, MLPs, BNNs) gets **estimates** of the CNN dataflow
+cost model (``codesign.accel.dataflow``, docs/dataflow.md): the IR's conv2d / matmul /
+xnor_popcount ops become MVAU layers (``codesign.accel.dataflow_ir``), the folding search
+picks the smallest initiation interval within 85 % of the board at the build's clock, and
+the report carries per-layer folding, cycles and resources, labelled with
+:data:`DATAFLOW_LABEL`. The ops that model does not cover are listed by name in
+``dataflow.not_modelled`` and their cost is not estimated. An IR without any such layer
+keeps the figures ``null``, marked ``"pending engine issue"``. Nothing is invented.
 """
 from __future__ import annotations
 
@@ -23,11 +30,21 @@ from typing import Any
 
 from codesign.accel.boards import Board
 
-__all__ = ["make_report", "write", "weight_summary", "PUBLISHED_FQBERT", "PENDING", "RESOURCE_KEYS"]
+__all__ = ["make_report", "write", "weight_summary", "dataflow_estimates", "PUBLISHED_FQBERT", "PENDING",
+           "RESOURCE_KEYS", "DATAFLOW_LABEL", "DATAFLOW_LIMIT"]
 
 PENDING = "pending engine issue"
 RESOURCE_KEYS = ("lut", "ff", "dsp", "bram18", "uram")
 NOT_ESTIMATED = "not estimated yet"
+
+#: The label of every figure from the CNN dataflow cost model.
+DATAFLOW_LABEL = ("cost model (docs/dataflow.md: accel/dataflow.py cycles, exact for sim/rtl/mvau.v by "
+                  "tests/test_rtl_mvau.py; resources fitted to Yosys synthesis of mvau.v, "
+                  "accel/dataflow_calibration.json; sliding-window units estimated without RTL; power: "
+                  "accel/boards.py PowerModel with engine.POWER_SCALE); latency at an assumed clock; "
+                  "ops in dataflow.not_modelled are not costed")
+#: The dataflow search's resource limit (each of LUT, FF, DSP, RAMB18), as FQ-BERT's.
+DATAFLOW_LIMIT = 0.85
 
 #: FQ-BERT's published figures (Liu et al., "Hardware Acceleration of Fully Quantized BERT
 #: for Efficient Natural Language Processing", DATE 2021), BERT-base, 4-bit weights / 8-bit
@@ -132,11 +149,18 @@ def make_report(*, ir, model: str, source: str, board: Board, clock_mhz: float, 
             "weights_bytes covers the IR's matmul weights only")}
         doc["published"] = PUBLISHED_FQBERT
         doc.update(engine_estimates(params["config"], board, clock_mhz))
+    else:
+        doc.update(dataflow_estimates(ir, board, clock_mhz))
     return doc
 
 
 def _r(x: float, nd: int) -> float:
     return float(round(float(x), nd))
+
+
+def _g(x: float, digits: int = 6) -> float:
+    """``x`` to ``digits`` significant digits (dataflow figures span µs to s)."""
+    return float(f"{float(x):.{digits}g}")
 
 
 @lru_cache(maxsize=16)
@@ -221,6 +245,132 @@ def engine_estimates(config: dict, board: Board, clock_mhz: float) -> dict[str, 
     }
 
 
+# ---------------------------------------------------------------------------------------
+# CNN dataflow estimates (every build but FQ-BERT)
+
+#: The Yosys cross-check of the dataflow model's MVAU resources (bench/dataflow_crosscheck.py --write).
+DATAFLOW_CALIBRATION = Path(__file__).resolve().parent / "dataflow_calibration.json"
+
+
+@lru_cache(maxsize=1)
+def _dataflow_calibration() -> dict[str, Any] | None:
+    if not DATAFLOW_CALIBRATION.is_file():
+        return None
+    doc = json.loads(DATAFLOW_CALIBRATION.read_text(encoding="utf-8"))
+    keys = ("lut", "ff", "dsp", "bram18")
+    thr = float(doc["threshold"])
+    ratios = {r["id"]: {k: r["ratio"][k] for k in keys} for r in doc["configs"]}
+    summary = {}
+    for k in keys:
+        v = [q[k] for q in ratios.values() if q[k] is not None]
+        summary[k] = {"min": min(v), "max": max(v), "within": sum(abs(x - 1) <= thr for x in v), "of": len(v)}
+    return {"source": "accel/dataflow_calibration.json", "rtl": "sim/rtl/mvau.v", "threshold": thr,
+            "ratio": "model / Yosys", "ratios": ratios, "summary": summary,
+            "cycles": "mvau_cycles == RTL simulation (tests/test_rtl_mvau.py, Verilator and Icarus)"}
+
+
+def _boundary_bytes(ir) -> tuple[int, int]:
+    """Bytes per image (batch axis excluded) of the codes entering the accelerator from host
+    ops and leaving it to host ops, packed at their widths (``acc_bits`` or code bits)."""
+    host = {o.name for o in ir.ops if getattr(o, "target", "accel") == "host"}
+    made_by_host = {t for o in ir.ops if o.name in host for t in o.outputs}
+    made_by_accel = {t for o in ir.ops if o.name not in host for t in o.outputs}
+    ins = {t for o in ir.ops if o.name not in host for t in o.inputs if t in made_by_host}
+    outs = {t for o in ir.ops if o.name in host for t in o.inputs if t in made_by_accel}
+
+    def nbytes(name: str) -> int:
+        t = ir.tensors[name]
+        bits = t.acc_bits if t.kind == "acc" else t.type.bits
+        return math.ceil(math.prod(t.shape[1:]) * bits / 8)
+
+    return sum(nbytes(t) for t in sorted(ins)), sum(nbytes(t) for t in sorted(outs))
+
+
+def dataflow_estimates(ir, board: Board, clock_mhz: float, limit: float = DATAFLOW_LIMIT) -> dict[str, Any]:
+    """The report keys filled by the CNN dataflow cost model for ``ir`` on ``board`` at
+    ``clock_mhz`` (docs/report.md, "Dataflow estimates"): ``resources``, ``latency_ms``, ``fps``,
+    ``power_w``, ``fps_per_w``, ``estimates`` (the label), ``cycles`` and ``dataflow`` (folding,
+    per-layer cycles and resources, utilisation, power assumptions, ``not_modelled``,
+    mapping notes, Pareto points, the MVAU's Yosys calibration). All estimates.
+
+    Returns ``{}`` for an IR without ops (nothing to say), and only ``dataflow`` (mapping,
+    ``not_modelled``) when no op maps to a layer: the figures then stay ``null``, pending.
+    Deterministic: the same IR, board and clock give the same values (no timings)."""
+    from codesign.accel import dataflow as D
+    from codesign.accel import engine
+    from codesign.accel.dataflow_ir import map_ir
+
+    if not list(ir.ops):
+        return {}
+    m = map_ir(ir)
+    layers = [x.layer for x in m.layers]
+    base = {"estimate": DATAFLOW_LABEL, "limit": limit, "clock_mhz": float(clock_mhz),
+            "layers": [x.as_dict() for x in m.layers], "not_modelled": m.not_modelled, "notes": m.notes}
+    if not layers:
+        return {"dataflow": {**base, "estimate": f"{PENDING}: no conv2d, matmul or xnor_popcount layer "
+                                                 "with constant weights for the dataflow cost model"}}
+    try:
+        res = D.search(layers, board, limit=limit, clock_mhz=float(clock_mhz))
+    except ValueError as e:
+        why = str(e).splitlines()[0]
+        return {"resources": {**{k: None for k in RESOURCE_KEYS}, "estimate": f"{DATAFLOW_LABEL}; {why}"},
+                "estimates": f"{DATAFLOW_LABEL}; {why}", "dataflow": {**base, "search": why}}
+    e = res.estimate
+    resources = {**{k: int(e.resources[k]) for k in D.KEYS}, "uram": 0}  # the model maps no memory to URAM
+    fps = e.fps  # streaming: a new image every II cycles
+    in_b, out_b = _boundary_bytes(ir)
+    gbps = (in_b + out_b) * fps / 1e9
+    pw = float(engine.power_w(board, resources, float(clock_mhz), gbps)) if board.power is not None else None
+    notes = list(m.notes)
+    if gbps > board.ddr_gbps:
+        notes.append(f"image I/O at {fps:.6g} fps needs {gbps:.4g} GB/s, more than the {board.ddr_gbps:.4g} GB/s "
+                     f"the PL gets from DDR: streaming would be DDR-bound at "
+                     f"{board.ddr_gbps * 1e9 / (in_b + out_b):.6g} fps (not applied to the figures)")
+    layers_out = [{**x, "PE": c.PE, "SIMD": c.SIMD, "cycles": int(c.cycles),
+                   "window_fill": int(D.window_fill_cycles(l.window, c.SIMD)),
+                   "resources": {k: int(c.resources[k]) for k in D.KEYS}}
+                  for x, l, c in zip(base["layers"], layers, e.layers)]
+    pm = board.power
+    power = None if pm is None else {
+        "static_w": _r(pm.static_w, 3), "dynamic_w": _g(pw - pm.static_w), "dynamic_scale": _r(engine.POWER_SCALE, 4),
+        "toggle_rate": pm.toggle_rate,
+        "assumption": (f"board static power + engine.POWER_SCALE x the PowerModel's per-resource dynamic power "
+                       f"at {clock_mhz:g} MHz, every layer clocked continuously (streaming at full throughput), "
+                       f"logic toggling at {pm.toggle_rate:.1%} and block RAM at 50 % enable (XPE defaults), "
+                       "scale fitted to FQ-BERT's published board power; plus the image I/O over DDR")}
+    dataflow = {
+        **base,
+        "layers": layers_out,
+        "notes": notes,
+        "objective": res.objective,
+        "folding": [{"name": c.name, "PE": c.PE, "SIMD": c.SIMD, "MH": l.MH, "MW": l.MW, "vectors": l.vectors}
+                    for c, l in zip(e.layers, layers)],
+        "utilisation": {**{k: round(e.utilisation[k], 4) for k in D.KEYS},
+                        "uram": 0.0},
+        "fps_batch1": _g(1e3 / e.latency_ms),
+        "io_bytes_per_image": {"in": in_b, "out": out_b},
+        "ddr_gbps": _g(gbps),
+        "ddr_available_gbps": _r(board.ddr_gbps, 3),
+        "power": power,
+        "host_ms": None,  # quantize/dequantize on the ARM: not estimated
+        "pareto": [{"ii": int(p["ii"]), "fps": _g(p["fps"]), **{k: int(p[k]) for k in D.KEYS},
+                    "folding": [[int(a), int(b)] for a, b in p["folding"]]} for p in res.pareto],
+        "search_notes": list(res.notes),
+        "calibration": copy.deepcopy(_dataflow_calibration()),
+    }
+    return {
+        "resources": {**resources, "estimate": DATAFLOW_LABEL},
+        "latency_ms": _g(e.latency_ms),
+        "fps": _g(fps),
+        "power_w": None if pw is None else _g(pw),
+        "fps_per_w": None if pw is None else _g(fps / pw),
+        "estimates": DATAFLOW_LABEL,
+        "cycles": {"per_layer": {c.name: int(c.cycles) for c in e.layers}, "ii": int(e.ii),
+                   "latency": int(e.latency), "latency_bound": int(e.latency_bound), "bottleneck": e.bottleneck},
+        "dataflow": dataflow,
+    }
+
+
 def _fmt(v, unit: str = "") -> str:
     if v is None:
         return NOT_ESTIMATED
@@ -248,7 +398,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
               f"- biases: {bits(bw['bias'])} ({bw['bias_bytes']:,} bytes)",
               f"- activations: {bits(bw['activations'])}",
               f"- accumulators: {bits(bw['accumulators'])}",
-              f"- IR ops: " + ", ".join(f"{k} {v}" for k, v in doc["ops"].items()), ""]
+              "- IR ops: " + ", ".join(f"{k} {v}" for k, v in doc["ops"].items()), ""]
     c = doc["csim"]
     if c.get("skipped"):
         csim = f"skipped ({c['skipped']})"
@@ -259,8 +409,13 @@ def to_markdown(doc: dict[str, Any]) -> str:
     lines += ["## Verification", "", f"- golden vectors: {doc['golden']['cases']} case(s) in golden/",
               f"- HLS project: {hls}", f"- C-simulation: {csim}", ""]
     est = doc.get("engine")
-    if est is None:
+    df = doc.get("dataflow")
+    if est is None and df is not None and "folding" in df:
+        lines += _dataflow_markdown(doc)
+    elif est is None:
+        why = df["search"] if df is not None and "search" in df else None
         lines += ["## Resources and performance", "",
+                  (f"The dataflow cost model found no folding: {why}. " if why else "") +
                   f"Estimates are {PENDING}: resources, latency, throughput and power are "
                   f"{NOT_ESTIMATED}.", "",
                   "| resource | used | available |", "|---|---:|---:|"]
@@ -269,6 +424,8 @@ def to_markdown(doc: dict[str, Any]) -> str:
         lines += ["", "| figure | ours |", "|---|---|",
                   f"| latency (ms) | {_fmt(doc['latency_ms'])} |", f"| throughput (fps) | {_fmt(doc['fps'])} |",
                   f"| power (W) | {_fmt(doc['power_w'])} |", f"| fps/W | {_fmt(doc['fps_per_w'])} |", ""]
+        if df is not None:
+            lines += _not_modelled_markdown(df)
     else:
         lines += _engine_markdown(doc)
     pub = doc.get("published")
@@ -311,6 +468,67 @@ def _engine_markdown(doc: dict[str, Any]) -> list[str]:
             lines.append(f"| {k} | {v:,} | {100 * v / per['total']:.1f} % |")
     lines += [f"| total | {per['total']:,} | 100 % |", ""]
     return lines
+
+
+def _dataflow_markdown(doc: dict[str, Any]) -> list[str]:
+    """Estimated resources, figures and the per-layer table of a dataflow (CNN/MLP/BNN) build."""
+    df, c = doc["dataflow"], doc["cycles"]
+    lines = ["## Resources and performance (estimates)", "",
+             f"**Estimates** of the {doc['estimates']}.", "",
+             f"Folding: {df['objective']}, at {df['clock_mhz']:g} MHz (assumed). Every conv2d / matmul is one "
+             "MVAU (docs/dataflow.md), a conv's sliding window one SWU; all layers stream at once.", "",
+             "| resource | used (estimate) | available | utilisation |", "|---|---:|---:|---:|"]
+    for k in RESOURCE_KEYS:
+        lines.append(f"| {k} | {_fmt(doc['resources'][k])} | {doc['capacity'][k]:,} | "
+                     f"{100 * df['utilisation'][k]:.1f} % |")
+    p = df["power"]
+    lines += ["", "| figure | ours (estimate) |", "|---|---|",
+              f"| latency, one image through the empty pipeline (ms) | {_fmt(doc['latency_ms'])} "
+              f"({c['latency']:,} cycles) |",
+              f"| throughput, streaming (fps = clock / II) | {_fmt(doc['fps'])} (II = {c['ii']:,} cycles, "
+              f"bottleneck {c['bottleneck']}) |",
+              f"| throughput, one image at a time (fps = 1000 / latency) | {_fmt(df['fps_batch1'])} |",
+              f"| power, board, streaming (W) | {_fmt(doc['power_w'])} |",
+              f"| fps/W (streaming) | {_fmt(doc['fps_per_w'])} |",
+              f"| DDR traffic, image I/O (GB/s, of {df['ddr_available_gbps']:g} available) | "
+              f"{_fmt(df['ddr_gbps'])} |",
+              f"| host: quantize / dequantize on the ARM (ms) | {_fmt(df['host_ms'])} |", ""]
+    if p is not None:
+        lines += [f"Power: {p['assumption']} (static {p['static_w']:g} W, dynamic {p['dynamic_w']:g} W, "
+                  f"scale {p['dynamic_scale']:g}).", ""]
+    lines += [f"Per layer (cycles per image; II = the slowest layer; FINN's no-overlap latency bound "
+              f"{c['latency_bound']:,} cycles):", "",
+              "| layer | op | MH | MW | vectors | W/A bits | mode | NT | PE | SIMD | cycles | LUT | FF | DSP "
+              "| BRAM18 |", "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for l in df["layers"]:
+        r = l["resources"]
+        mark = " (bottleneck)" if l["name"] == c["bottleneck"] else ""
+        win = f" {l['window']['k']}x{l['window']['k']}/s{l['window']['stride']}" if l["window"] else ""
+        stage = f" + {l['output_stage']}" if l["output_stage"] else ""
+        lines.append(f"| {l['name']}{mark} | {l['op']}{win}{stage} | {l['MH']:,} | {l['MW']:,} | {l['vectors']:,} | "
+                     f"{l['WB']}/{l['AB']}{'' if l['a_signed'] else 'u'} | {l['mode']} | {l['NT']} | {l['PE']} | "
+                     f"{l['SIMD']} | {l['cycles']:,} | {r['lut']:,} | {r['ff']:,} | {r['dsp']:,} | {r['bram18']:,} |")
+    lines.append("")
+    if df["notes"]:
+        lines += ["Mapping notes:", ""] + [f"- {n}" for n in df["notes"]] + [""]
+    lines += _not_modelled_markdown(df)
+    cal = df.get("calibration")
+    if cal:
+        lines += ["MVAU calibration (`" + cal["source"] + "`): cycles: " + cal["cycles"] + "; resources, ratio "
+                  f"{cal['ratio']} of `{cal['rtl']}`, within {cal['threshold']:.0%}: " +
+                  ", ".join(f"{k} {v['within']}/{v['of']} ({v['min']:.2f}-{v['max']:.2f})"
+                            for k, v in cal["summary"].items()) + ".", ""]
+    return lines
+
+
+def _not_modelled_markdown(df: dict[str, Any]) -> list[str]:
+    """The IR ops the dataflow cost model does not cost, by name."""
+    if not df["not_modelled"]:
+        return ["Every IR op is covered by the dataflow cost model.", ""]
+    lines = ["Not modelled (not costed; their resources and cycles are not in the figures above):", "",
+             "| op | kind | target | why |", "|---|---|---|---|"]
+    lines += [f"| {d['name']} | {d['op']} | {d['target']} | {d['reason']} |" for d in df["not_modelled"]]
+    return lines + [""]
 
 
 def _published_markdown(doc: dict[str, Any], pub: dict[str, Any]) -> list[str]:

@@ -99,10 +99,13 @@ def test_user_build_artefacts(mlp_build):
     assert rep["bit_widths"]["weights"] == {"8": 2}
     assert rep["weights_bytes"] == 16 * 32 + 32 * 10
     assert rep["compression_vs_fp32"] == 4.0
-    assert rep["resources"]["estimate"] == "pending engine issue"
-    assert all(rep["resources"][k] is None for k in ("lut", "ff", "dsp", "bram18", "uram"))
+    from codesign.accel import report as rp
+    assert rep["resources"]["estimate"] == rp.DATAFLOW_LABEL == rep["estimates"]
+    assert all(isinstance(rep["resources"][k], int) for k in ("lut", "ff", "dsp", "bram18", "uram"))
     assert rep["capacity"]["dsp"] == 2520
-    assert all(rep[k] is None for k in ("latency_ms", "fps", "power_w", "fps_per_w"))
+    assert all(rep[k] > 0 for k in ("latency_ms", "fps", "power_w", "fps_per_w"))
+    # the two matmuls are the dataflow's layers (MH x MW = 32 x 16 and 10 x 32, one vector)
+    assert [(l["MH"], l["MW"], l["vectors"]) for l in rep["dataflow"]["layers"]] == [(32, 16, 1), (10, 32, 1)]
     assert rep["ops"] == {"dequantize": 1, "matmul": 2, "quantize": 1, "requant": 2}
     assert set(rep["seconds"]) >= set(flow.STEPS)
     c = rep["csim"]

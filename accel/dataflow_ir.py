@@ -1,0 +1,337 @@
+"""Map the integer IR (:mod:`codesign.accel.ir`, docs/ir.md) onto the CNN dataflow's layers.
+
+:func:`layers_from_ir` turns every matrix-vector op of an IR into one
+:class:`codesign.accel.dataflow.Layer` (one MVAU, optionally fed by a sliding-window unit);
+:func:`map_ir` also says which op became which layer, which ops the dataflow cost model
+does not cover (``not_modelled``, with the reason) and what the mapping assumed
+(``notes``). Nothing is costed here: :mod:`codesign.accel.report` runs the folding search
+(:func:`codesign.accel.dataflow.search`) on the layers.
+
+Mapping (per image: the IR's batch axis 0 is never counted):
+
+* ``conv2d``, ``groups = 1``: ``MH = OC``, ``MW = IC·KH·KW``, ``vectors = OH·OW``. A square
+  kernel with equal strides, one symmetric pad and no dilation gets its sliding
+  :class:`~codesign.accel.dataflow.Window` (``k, C = IC, ifm_h, ifm_w, stride, pad``); any
+  other geometry is costed without a window (the SWU is then not costed; a note says so).
+* ``conv2d``, ``groups = g > 1`` (grouped and depthwise): VVAU-style, ``MH = OC``,
+  ``MW = (IC/g)·KH·KW``, ``vectors = OH·OW`` — every output channel is a dot product of
+  ``(IC/g)·KH·KW`` terms, so the product count ``MH·MW·vectors``, the cycles
+  ``NF·SF·vectors`` and the weight memories (``OC x (IC/g)·KH·KW``) are exact for this
+  mapping; the per-group routing of the inputs (mvau.v broadcasts one input vector to all
+  PEs) and the SWU are not costed (no window; a note says so).
+* ``matmul`` with a constant weight ``(K, N)``: ``MH = N``, ``MW = K``,
+  ``vectors`` = the product of the input's axes between the batch and the last (1 for a
+  ``(batch, K)`` input). A matmul of two activations (attention) is not modelled.
+* ``xnor_popcount``: ``MH`` = the weight rows, ``MW = K``, binary.
+* Widths: ``WB``/``AB`` are the weight/activation code types' bits; a 1-bit signed type is
+  bipolar; ``mode = "binary"`` when both are bipolar (XNOR-popcount), else ``"lowbit"``.
+  mvau.v's weights are signed: an unsigned ``b``-bit weight type is costed as ``b + 1``
+  signed bits. 1-bit unsigned activations (``{0, 1}``), which mvau.v does not take, are
+  costed as 2-bit unsigned ones (a note says so). Products on DSPs as
+  :func:`~codesign.accel.dataflow.mult_on_dsp`'s ``"auto"`` rule.
+* The output stage, found by following the accumulator through structural ops with one
+  consumer (the lowering puts ``transpose``\\ s around per-channel stages):
+
+  * ``threshold`` with ``n`` thresholds per channel: ``out_bits = bitlength(n)``
+    (bipolar: 1), so the MVAU's ``NT = 2^out_bits - 1 >= n`` (the model costs ``NT``
+    threshold memories; a note says when ``n < NT``);
+  * ``requant`` to ``b <= 8`` bits: costed as ``2^b - 1`` thresholds, FINN style (mvau.v
+    has threshold units, no multiplier-shift requantizer; a ``b``-bit requant is a
+    monotone step function of the accumulator, so ``2^b - 1`` thresholds reproduce it);
+  * a requant to more than 8 bits, or no stage: the MVAU outputs its accumulator
+    (``out_bits = 0``); such a requant is listed as not modelled.
+
+  A bias is folded into the thresholds (mvau.v has no bias input, docs/dataflow.md §1);
+  without a threshold stage the bias add is not costed (a note says so).
+* Everything else — pools, ``add``, ``softmax``, ``layernorm``, ``lut``, the structural
+  ops (``transpose``, ``reshape``, …), requants and thresholds that do not follow a layer,
+  and the host's ``quantize``/``dequantize`` — is listed in ``not_modelled`` with its name
+  and a reason; its cost is not estimated. A layer whose widths mvau.v cannot hold (e.g. an
+  accumulator wider than 30 bits) is listed there too, with the model's one-line error.
+
+numpy only (through the IR and the dataflow model).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from codesign.accel.dataflow import Layer, Window
+
+__all__ = ["MappedLayer", "DataflowMapping", "map_ir", "layers_from_ir", "LAYER_OPS", "STAGE_OPS"]
+
+#: IR ops that become a dataflow layer (an MVAU).
+LAYER_OPS = ("conv2d", "matmul", "xnor_popcount")
+#: IR ops that become a layer's output stage (its thresholds).
+STAGE_OPS = ("threshold", "requant")
+#: Ops followed from an accumulator to its output stage (they move codes only).
+_PASS_OPS = ("transpose", "reshape", "flatten", "identity")
+#: mvau.v's largest threshold count per channel (``NT <= 255``, 8-bit outputs).
+MAX_OUT_BITS = 8
+
+
+@dataclass(frozen=True)
+class MappedLayer:
+    """One dataflow layer and where it came from: the IR ``op`` (and its ONNX names), the
+    output-stage op (``None``: the accumulator) and the structural ops between them (not
+    costed: they stay in ``not_modelled``)."""
+
+    layer: Layer
+    op: str
+    kind: str
+    onnx_name: tuple[str, ...]
+    stage: str | None
+    stage_kind: str | None
+    between: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The mapping as plain JSON values (window as a dict or ``None``)."""
+        l = self.layer
+        w = l.window
+        return {"name": l.name, "op": self.kind, "onnx_name": list(self.onnx_name), "MH": l.MH, "MW": l.MW,
+                "vectors": l.vectors, "WB": l.WB, "AB": l.AB, "a_signed": l.a_signed, "mode": l.mode,
+                "out_bits": l.out_bits, "NT": l.NT, "output_stage": self.stage,
+                "window": None if w is None else {"k": w.k, "C": w.C, "ifm_h": w.ifm_h, "ifm_w": w.ifm_w,
+                                                  "stride": w.stride, "pad": w.pad,
+                                                  "line_buffer": w.buffer_elems}}
+
+
+@dataclass
+class DataflowMapping:
+    """:func:`map_ir`'s answer: ``layers`` in IR op order, ``not_modelled`` ops
+    (``{"name", "op", "target", "reason"}``, IR op order) and ``notes`` (one line each,
+    prefixed by the op's name)."""
+
+    layers: list[MappedLayer] = field(default_factory=list)
+    not_modelled: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Graph:
+    """Producer/consumer look-ups over ``ir.ops`` (works for any object with ``ops``,
+    ``tensors`` and ``constants``)."""
+
+    def __init__(self, ir):
+        self.ir = ir
+        self.consumers: dict[str, list] = {}
+        for op in ir.ops:
+            for t in op.inputs:
+                self.consumers.setdefault(t, []).append(op)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self.ir.tensors:
+            return tuple(self.ir.tensors[name].shape)
+        return tuple(self.ir.constants[name].shape)
+
+
+def _code_type(d: Any, where: str):
+    from codesign.accel.ir import CodeType
+
+    try:
+        return CodeType.from_json(d, where)
+    except Exception as e:  # noqa: BLE001 - re-raised as one line
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _weight_bits(t) -> int:
+    """mvau.v's signed weight width for code type ``t`` (1 = bipolar)."""
+    return t.bits if t.signed else t.bits + 1
+
+
+def _act(t, where: str, notes: list[str]) -> tuple[int, bool]:
+    """(AB, a_signed) for activation code type ``t``."""
+    if t.bits == 1 and not t.signed:
+        notes.append(f"{where}: 1-bit unsigned activations ({{0, 1}}) are costed as 2-bit unsigned "
+                     "(mvau.v takes 1-bit codes as bipolar only)")
+        return 2, False
+    return t.bits, t.signed
+
+
+def _mode(wt, at) -> str:
+    return "binary" if (wt.bipolar and at.bipolar) else "lowbit"
+
+
+def _stage(g: _Graph, acc: str) -> tuple[Any, list]:
+    """The threshold/requant fed by accumulator ``acc`` through single-consumer structural
+    ops, and the structural ops passed; ``(None, [])`` when there is none."""
+    passed = []
+    t = acc
+    while True:
+        cons = g.consumers.get(t, [])
+        if len(cons) != 1:
+            return None, []
+        op = cons[0]
+        if op.op in STAGE_OPS and op.inputs[0] == t:
+            return op, passed
+        if op.op in _PASS_OPS and op.inputs[0] == t and len(op.outputs) == 1:
+            passed.append(op)
+            t = op.outputs[0]
+            continue
+        return None, []
+
+
+def _out_bits(g: _Graph, stage, where: str, notes: list[str]) -> int | None:
+    """Output bits of the MVAU for ``stage``; ``None`` when mvau.v cannot take it."""
+    if stage is None:
+        return 0
+    if stage.op == "threshold":
+        n = int(g.shape(stage.inputs[1])[-1])
+        if stage.attrs.get("bipolar"):
+            return 1
+        b = max(1, n.bit_length())
+        if b > MAX_OUT_BITS:
+            return None
+        if n < (1 << b) - 1:
+            notes.append(f"{where}: {stage.name} has {n} thresholds per channel; the MVAU model costs "
+                         f"NT = 2^{b} - 1 = {(1 << b) - 1} (it takes NT = 2^out_bits - 1)")
+        return b
+    b = _code_type(stage.attrs.get("out_type"), f"op '{stage.name}' out_type").bits
+    return b if b <= MAX_OUT_BITS else None
+
+
+def _window(attrs, kh: int, kw: int, C: int, H: int, W: int, OH: int, OW: int) -> Window | None:
+    """The sliding window of a conv2d with ``attrs``, or ``None`` when Window cannot
+    describe its geometry (non-square kernel or strides, asymmetric pads, dilation)."""
+    stride = [int(v) for v in attrs.get("stride", [1, 1])]
+    pad = [int(v) for v in attrs.get("pad", [0, 0, 0, 0])]
+    dil = [int(v) for v in attrs.get("dilation", [1, 1])]
+    if kh != kw or stride[0] != stride[1] or len(set(pad)) != 1 or dil != [1, 1] or pad[0] >= kh:
+        return None
+    try:
+        w = Window(k=kh, C=C, ifm_h=H, ifm_w=W, stride=stride[0], pad=pad[0])
+    except ValueError:
+        return None
+    return w if (w.ofm_h, w.ofm_w) == (OH, OW) else None
+
+
+def _layer(g: _Graph, op, notes: list[str]) -> tuple[dict, str | None]:
+    """The Layer keyword arguments for ``op`` (without ``out_bits``) and the accumulator
+    tensor whose stage follows; raises ``ValueError`` (one line) for what cannot be mapped."""
+    where = f"op '{op.name}' ({op.op})"
+    if op.op == "conv2d":
+        x, wname = op.inputs[0], op.inputs[1]
+        xs, ws, ys = g.shape(x), g.shape(wname), g.shape(op.outputs[0])
+        if len(xs) != 4 or len(ws) != 4 or len(ys) != 4:
+            raise ValueError(f"{where}: expected NCHW input/output and (OC, C/groups, KH, KW) weights")
+        _, C, H, W = xs
+        OC, Cg, KH, KW = ws
+        _, _, OH, OW = ys
+        groups = int(op.attrs.get("groups", 1))
+        wt = _code_type(op.attrs.get("w_type"), f"{where} w_type")
+        at = _code_type(op.attrs.get("x_type"), f"{where} x_type")
+        AB, a_signed = _act(at, op.name, notes)
+        kw_ = dict(name=op.name, MH=int(OC), MW=int(Cg * KH * KW), vectors=int(OH * OW), WB=_weight_bits(wt),
+                   AB=AB, a_signed=a_signed, mode=_mode(wt, at))
+        if groups == 1:
+            win = _window(op.attrs, int(KH), int(KW), int(C), int(H), int(W), int(OH), int(OW))
+            if win is None:
+                notes.append(f"{op.name}: {KH}x{KW} kernel, stride {op.attrs.get('stride')}, pad "
+                             f"{op.attrs.get('pad')}, dilation {op.attrs.get('dilation')}: no sliding-window "
+                             "model for this geometry (square kernel, equal strides, one symmetric pad, no "
+                             "dilation); the SWU is not costed")
+            kw_["window"] = win
+        else:
+            notes.append(f"{op.name}: grouped conv (groups = {groups}) mapped VVAU-style: MH = OC = {OC}, "
+                         f"MW = (C/groups)·KH·KW = {Cg * KH * KW}, vectors = OH·OW = {OH * OW}; products, cycles "
+                         "and weight memories are exact for this mapping, the per-group input routing and the "
+                         "SWU are not costed")
+        return kw_, op.outputs[0]
+    if op.op == "matmul":
+        a, wname = op.inputs[0], op.inputs[1]
+        if wname not in g.ir.constants:
+            raise ValueError(f"{where}: both operands are activations (e.g. attention); the dataflow model "
+                             "covers matmuls with constant weights")
+        as_, ws = g.shape(a), g.shape(wname)
+        if len(ws) != 2 or len(as_) < 2:
+            raise ValueError(f"{where}: expected (batch, ..., K) activations and (K, N) weights")
+        wt = _code_type(op.attrs.get("w_type"), f"{where} w_type")
+        at = _code_type(op.attrs.get("a_type"), f"{where} a_type")
+        AB, a_signed = _act(at, op.name, notes)
+        return dict(name=op.name, MH=int(ws[1]), MW=int(ws[0]), vectors=int(math.prod(as_[1:-1])),
+                    WB=_weight_bits(wt), AB=AB, a_signed=a_signed, mode=_mode(wt, at)), op.outputs[0]
+    # xnor_popcount(a_bits, w_bits, K): packed bipolar rows, K from the attributes
+    a, wname = op.inputs[0], op.inputs[1]
+    if wname not in g.ir.constants:
+        raise ValueError(f"{where}: the packed weights are not a constant")
+    K = int(op.attrs.get("K", 0))
+    if K < 1:
+        raise ValueError(f"{where}: attribute K (bits per row) missing")
+    return dict(name=op.name, MH=int(g.shape(wname)[0]), MW=K, vectors=int(math.prod(g.shape(a)[1:-1])),
+                WB=1, AB=1, a_signed=True, mode="binary"), op.outputs[0]
+
+
+def _reason(op, wide: dict[str, str]) -> str:
+    if op.name in wide:
+        return wide[op.name]
+    if getattr(op, "target", "accel") == "host":
+        return "host op (ARM): not part of the dataflow"
+    if op.op in _PASS_OPS or op.op in ("concat", "gather"):
+        return "structural op (moves codes): not costed by the dataflow model"
+    if op.op in STAGE_OPS:
+        return f"{op.op} not fed by a conv2d/matmul accumulator: no MVAU to fold it into"
+    return f"no {op.op} unit in the dataflow model"
+
+
+def map_ir(ir) -> DataflowMapping:
+    """Map ``ir`` (an :class:`~codesign.accel.ir.IR`, or any object with ``ops``,
+    ``tensors`` and ``constants`` alike) onto dataflow layers (module docstring). Never
+    raises for an op it cannot map: such ops go to ``not_modelled`` with the reason."""
+    g = _Graph(ir)
+    out = DataflowMapping()
+    used: dict[str, str] = {}  # op name -> the layer it belongs to
+    wide: dict[str, str] = {}  # output stages mvau.v cannot take -> why
+    for op in ir.ops:
+        if op.op not in LAYER_OPS or op.name in used:
+            continue
+        if getattr(op, "target", "accel") == "host":
+            continue
+        notes: list[str] = []
+        try:
+            kw, acc = _layer(g, op, notes)
+            stage, passed = _stage(g, acc)
+            ob = _out_bits(g, stage, op.name, notes)
+            if ob is None:  # a requant/threshold mvau.v cannot hold: the accumulator leaves the MVAU
+                bits = (_code_type(stage.attrs["out_type"], stage.name).bits if stage.op == "requant"
+                        else int(g.shape(stage.inputs[1])[-1]).bit_length())
+                notes.append(f"{op.name}: its {stage.op} {stage.name} needs {bits}-bit outputs, more than mvau.v's "
+                             f"{(1 << MAX_OUT_BITS) - 1} thresholds: the MVAU is costed with its accumulator as "
+                             f"output (out_bits = 0), {stage.name} is not modelled")
+                wide[stage.name] = (f"{stage.op} to {bits} bits after {op.name}: more than mvau.v's "
+                                    f"{(1 << MAX_OUT_BITS) - 1} thresholds per channel")
+                stage, passed, ob = None, [], 0
+            if stage is None and len(op.inputs) > 2 and op.inputs[2] in ir.constants:
+                notes.append(f"{op.name}: bias without a threshold stage: the bias add is not costed "
+                             "(mvau.v folds biases into thresholds)")
+            layer = Layer(**kw, out_bits=ob)
+        except ValueError as e:
+            out.not_modelled.append({"name": op.name, "op": op.op, "target": getattr(op, "target", "accel"),
+                                     "reason": str(e).splitlines()[0]})
+            continue
+        except (KeyError, IndexError, TypeError) as e:  # a malformed op: reported, never fatal to a build
+            out.not_modelled.append({"name": op.name, "op": op.op, "target": getattr(op, "target", "accel"),
+                                     "reason": f"cannot be mapped ({type(e).__name__}: {e})".splitlines()[0]})
+            continue
+        if stage is not None and stage.op == "requant":
+            notes.append(f"{op.name}: its requant {stage.name} to {ob} bits is costed as 2^{ob} - 1 = "
+                         f"{(1 << ob) - 1} thresholds per channel (FINN style; mvau.v has thresholds, no "
+                         "multiplier-shift requantizer)")
+        out.notes.extend(notes)
+        used[op.name] = op.name
+        if stage is not None:
+            used[stage.name] = op.name
+        out.layers.append(MappedLayer(layer=layer, op=op.name, kind=op.op, onnx_name=tuple(op.onnx_name or ()),
+                                      stage=None if stage is None else stage.name,
+                                      stage_kind=None if stage is None else stage.op,
+                                      between=tuple(p.name for p in passed)))
+    failed = {d["name"] for d in out.not_modelled}
+    rest = [{"name": op.name, "op": op.op, "target": getattr(op, "target", "accel"), "reason": _reason(op, wide)}
+            for op in ir.ops if op.name not in used and op.name not in failed]
+    order = {op.name: i for i, op in enumerate(ir.ops)}
+    out.not_modelled = sorted(out.not_modelled + rest, key=lambda d: order[d["name"]])
+    return out
+
+
+def layers_from_ir(ir) -> list[Layer]:
+    """The dataflow layers of ``ir``, in IR op order (:func:`map_ir`'s ``layers``)."""
+    return [m.layer for m in map_ir(ir).layers]
