@@ -1093,7 +1093,43 @@ def _v_structural(c: _Ctx, op: Op) -> None:
     _passthrough(op, x, y, scale)
 
 
+def _v_sparse(c: _Ctx, op: Op) -> None:
+    """``attrs["sparse"] = {"pe": p, "simd": s}`` on a matmul/conv2d: emit the block-sparse
+    MVAU (``hls/include/codesign/sparse.h``) with ``p`` x ``s`` weight blocks. Needs a
+    constant signed multi-bit weight; conv2d: ``p <= OC/groups`` (dividing it when
+    ``groups > 1``); matmul: ``p <= N``."""
+    sp = op.attrs["sparse"]
+    if op.op not in ("matmul", "conv2d"):
+        raise _err(op, "attribute 'sparse' is only supported on matmul and conv2d")
+    if not isinstance(sp, dict) or set(sp) != {"pe", "simd"} or any(
+            isinstance(sp[k], bool) or not isinstance(sp[k], int) or sp[k] < 1 for k in ("pe", "simd")):
+        raise _err(op, f"attribute 'sparse'={sp!r} must be {{\"pe\": int >= 1, \"simd\": int >= 1}}")
+    if len(op.inputs) < 2 or op.inputs[1] not in c.ir.constants:
+        raise _err(op, "attribute 'sparse' needs a constant weight (runtime operands are not pruned)")
+    w_type = CodeType.from_json(op.attrs.get("w_type"), f"op '{op.name}' ({op.op}): attribute 'w_type'")
+    if w_type.bipolar or not w_type.signed:
+        raise _err(op, f"attribute 'sparse' needs a signed multi-bit weight type, not {w_type} "
+                       "(a bipolar weight has no 0)")
+    shape = c.ir.constants[op.inputs[1]].shape
+    pe = sp["pe"]
+    if op.op == "matmul":
+        if len(shape) != 2 or pe > shape[1]:
+            raise _err(op, f"sparse pe={pe} needs a 2-D weight (K, N) with pe <= N, got {shape}")
+    else:
+        g = op.attrs.get("groups", 1)
+        ocg = shape[0] // g if len(shape) == 4 and isinstance(g, int) and g >= 1 else 0
+        if ocg < 1 or pe > ocg or (g > 1 and ocg % pe):
+            raise _err(op, f"sparse pe={pe} must be <= OC/groups and divide it when groups > 1 "
+                           f"(weight {shape}, groups {g})")
+
+
+def _v_not_ir_op(c: _Ctx, op: Op) -> None:
+    raise _err(op, f"is not an IR op: mark a {op.op.removeprefix('sparse_')} with attrs['sparse'] = "
+                   "{'pe': .., 'simd': ..} instead")
+
+
 _VALIDATORS = {
+    "sparse_matmul": _v_not_ir_op, "sparse_conv2d": _v_not_ir_op,
     "quantize": _v_quantize, "dequantize": _v_dequantize, "matmul": _v_matmul, "requant": _v_requant,
     "threshold": _v_threshold, "add": _v_add, "lut": _v_lut, "softmax": _v_softmax, "layernorm": _v_layernorm,
     **{k: _v_structural for k in STRUCTURAL_OPS},
@@ -1159,6 +1195,8 @@ def validate(ir: IR) -> IR:
             if name not in ir.tensors:
                 raise _err(op, f"output '{name}' is not a declared tensor")
         _VALIDATORS.get(op.op, _v_generic)(c, op)
+        if "sparse" in op.attrs:
+            _v_sparse(c, op)
         for name in op.outputs:
             produced[name] = op.name
             c.defined.add(name)

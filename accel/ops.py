@@ -85,6 +85,15 @@ def _conv2d(OH: int, OW: int, OC: int, K: int, pe: int = 1, simd: int = 1, image
     return images * OH * OW * _cdiv(OC, pe) * _cdiv(K, simd)
 
 
+def _sparse_mvau(row_ptr, vectors: int) -> int:
+    """Block-sparse MVAU (sparse.h): vectors x sum over row groups of max(1, stored blocks),
+    i.e. vectors x (NB + NE); an empty row group costs one bias-only iteration (§2, §11)."""
+    rp = [int(v) for v in row_ptr]
+    if len(rp) < 2 or rp[0] != 0 or any(b < a for a, b in zip(rp, rp[1:])) or vectors < 0:
+        raise ValueError(f"sparse MVAU cost: row_ptr must rise from 0 (got {rp[:8]}...), vectors={vectors} >= 0")
+    return int(vectors) * sum(max(1, b - a) for a, b in zip(rp, rp[1:]))
+
+
 @dataclass(frozen=True)
 class OpSpec:
     name: str
@@ -127,6 +136,7 @@ def header_path(spec: OpSpec) -> Path:
 _REF = "codesign.sim.reference."
 _AR = "codesign.hls.csim_arith."
 _NL = "codesign.hls.csim_nonlinear."
+_SP = "codesign.hls.sparse."
 
 OPS: Mapping[str, OpSpec] = {s.name: s for s in [
     OpSpec("quantize", "§1", "float32 -> code, QONNX Quant rounding modes, bipolar at 1 bit",
@@ -157,6 +167,12 @@ OPS: Mapping[str, OpSpec] = {s.name: s for s in [
            _REF + "avgpool2d", _NL + "avgpool2d", "codesign/pool.h", "avgpool2d", _pool),
     OpSpec("conv2d", "§11", "sliding-window generator + PE/SIMD-folded MVAU, exact accumulator width",
            _REF + "conv2d", _NL + "conv2d", "codesign/conv.h", "conv2d", _conv2d),
+    # block-sparse storage of the same ops (pruned PE x SIMD weight blocks are skipped):
+    # the reference is the dense op's, the arithmetic is unchanged
+    OpSpec("sparse_matmul", "§2", "matmul with block-CSR constant weights: one cycle per stored PE x SIMD block",
+           _REF + "matmul", _SP + "sparse_matmul", "codesign/sparse.h", "sparse_matmul", _sparse_mvau),
+    OpSpec("sparse_conv2d", "§11", "conv2d with block-CSR weights: one window chunk and cycle per stored block",
+           _REF + "conv2d", _SP + "sparse_conv2d", "codesign/sparse.h", "sparse_conv2d", _sparse_mvau),
 ]}
 
 

@@ -56,7 +56,7 @@ __all__ = [
     "LowerCodesignOps", "LowerMatMul", "FoldBiasAdd", "LowerBatchNorm", "LowerActQuant", "LowerAdd",
     "LowerMultiThreshold", "LowerStructural", "LowerConv", "LowerPool", "DequantizeOutputs", "RemoveDeadConstants",
     "CheckLowered",
-    "is_ir", "ir_info", "onnx_names",
+    "is_ir", "ir_info", "onnx_names", "mark_sparse",
 ]
 
 IR_DOMAIN = "codesign.lowering"
@@ -1746,3 +1746,53 @@ class CheckLowered(Transformation):
             if t is None or t.kind != "float":
                 raise LoweringError(one_line(f"graph output '{o.name}' is not produced by a lowered op"))
         return model, False
+
+
+# ---------------------------------------------------------------------------------------
+# IR-level option: block-sparse MVAUs for pruned layers
+# ---------------------------------------------------------------------------------------
+
+def mark_sparse(ir, pe: int, simd: int, max_density: float = 0.75):
+    """A copy of ``ir`` whose pruned ``matmul``/``conv2d`` ops carry
+    ``attrs["sparse"] = {"pe": pe, "simd": simd}``, so the emitter uses the block-sparse
+    MVAU (``hls/include/codesign/sparse.h``, ``docs/dataflow.md`` "Sparse MVAU").
+
+    An op is marked when its weight is a constant of a signed multi-bit type, the block
+    shape fits (matmul: ``pe <= N``; conv2d: ``pe <= OC/groups``, dividing it when
+    ``groups > 1``) and the fraction of ``pe`` x ``simd`` blocks of its ``[OC, K]`` matrix
+    view (pruning's: matmul ``w.T``, conv ``w.reshape(OC, -1)``) holding a non-zero weight
+    is at most ``max_density``; other ops are left as they are. Each marked op gets a note
+    (stored blocks, density). Arithmetic and the reference executor are unchanged. The
+    input IR is not modified; the result is validated."""
+    import dataclasses
+
+    from codesign.accel.ir import validate
+    from codesign.hls.sparse import block_mask
+
+    for what, v in (("pe", pe), ("simd", simd)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"mark_sparse: {what}={v!r} must be a positive integer")
+    if not 0.0 <= float(max_density) <= 1.0:
+        raise ValueError(f"mark_sparse: max_density={max_density!r} must lie in [0, 1]")
+    ops, notes = [], list(ir.notes)
+    for op in ir.ops:
+        new = op
+        w = ir.constants.get(op.inputs[1]) if op.op in ("matmul", "conv2d") and len(op.inputs) > 1 else None
+        wt = CodeType.from_json(op.attrs["w_type"]) if w is not None else None
+        if w is not None and op.target == "accel" and wt.signed and not wt.bipolar:
+            v = w.values
+            if op.op == "matmul":
+                fits, mat = v.ndim == 2 and pe <= v.shape[1], v.T if v.ndim == 2 else None
+            else:
+                g = int(op.attrs["groups"])
+                ocg = v.shape[0] // g
+                fits, mat = pe <= ocg and (g == 1 or ocg % pe == 0), v
+            if fits:
+                m = block_mask(mat, int(pe), int(simd))
+                density = float(m.mean())
+                if density <= float(max_density):
+                    new = dataclasses.replace(op, attrs={**op.attrs, "sparse": {"pe": int(pe), "simd": int(simd)}})
+                    notes.append(f"{op.name}: sparse MVAU, {int(m.sum())} of {m.size} blocks of {pe}x{simd} "
+                                 f"stored (density {density:.4g})")
+        ops.append(new)
+    return validate(dataclasses.replace(ir, ops=ops, notes=notes))

@@ -163,6 +163,7 @@ class _Emitter:
         self.weights: dict[str, tuple[int, int, int, bool]] = {}  # name -> (offset, count, bytes, signed)
         self.blob = b""
         self.const_ids: dict[str, str] = {}
+        self.sparse = False  # some op uses the block-sparse kernels (sparse.h)
 
     # -- identifiers -----------------------------------------------------------------
     def ident(self, name: str) -> str:
@@ -297,6 +298,16 @@ class _Emitter:
             bv = self.ir.constants[op.inputs[2]].values
             blo, bhi = int(bv.min()), int(bv.max())
             bias_arg = self.const(op.inputs[2], _sint(32), 1, N).name + "[0], "
+        if "sparse" in op.attrs:  # block-sparse MVAU (sparse.h) over the packed constant weight
+            wv = self.ir.constants[op.inputs[1]].values
+            if wv.shape != (K, N):
+                raise _unsupported(op, f"sparse weight of shape {wv.shape}, expected ({K}, {N})")
+            sw = self._sparse_weights(op, wv.T)
+            u = self._sparse_unit(
+                f"codesign::SparseMvau<{_intt(A)}, {_intt(W)}, {K}, {N}, {sw.pe}, {sw.simd}, {sw.nb}, "
+                f"{sw.empty_row_groups}, {_b(has_bias)}, {blo}LL, {bhi}LL, {acc}>", sw)
+            self.body.append(f"    {u[0]}::run<{a.R}>({aa.name}, {u[1]}, {u[2]}, {u[3]}, {bias_arg}{y.name});")
+            return
         mv = f"codesign::Mvau<{_intt(A)}, {_intt(W)}, {K}, {N}, 1, 1, {_b(has_bias)}, {blo}LL, {bhi}LL, {acc}>"
         wname = op.inputs[1]
         if wname in self.ir.constants:
@@ -341,7 +352,8 @@ class _Emitter:
         G = int(op.attrs["groups"])
         xa = self.as_cls(self.operand(op, op.inputs[0]), _intt(X))
         y = self.buf(op.outputs[0])
-        w = self.const(op.inputs[1], _intt(Wt), OC, ICg * KH * KW)
+        sparse = "sparse" in op.attrs
+        w = None if sparse else self.const(op.inputs[1], _intt(Wt), OC, ICg * KH * KW)
         has_bias = len(op.inputs) == 3
         blo = bhi = 0
         bias_arg = ""
@@ -350,10 +362,53 @@ class _Emitter:
             blo, bhi = int(bv.min()), int(bv.max())
             bias_arg = self.const(op.inputs[2], _sint(32), 1, OC).name + "[0], "
         acc = yt.acc_bits
+        if sparse:  # block-sparse SWG + MVAU (sparse.h) over the packed constant weight
+            pk = self._sparse_weights(op, wc.values)
+            u = self._sparse_unit(
+                f"codesign::SparseConv2d<{_intt(X)}, {_intt(Wt)}, {IC}, {H}, {W}, {OC}, {KH}, {KW}, {sh}, {sw}, "
+                f"{pt}, {pl}, {pb}, {pr}, {dh}, {dw}, {G}, {pk.pe}, {pk.simd}, {pk.nb}, {pk.empty_row_groups}, "
+                f"{_b(has_bias)}, {blo}LL, {bhi}LL, {acc}>", pk)
+            self.body.append(f"    static_assert({u[0]}::OH == {OH} && {u[0]}::OW == {OW}, \"{op.name}: output size\");")
+            self.body.append(f"    {u[0]}::run({xa.name}, {u[1]}, {u[2]}, {u[3]}, {bias_arg}{y.name});")
+            return
         cv = (f"codesign::Conv2d<{_intt(X)}, {_intt(Wt)}, {IC}, {H}, {W}, {OC}, {KH}, {KW}, {sh}, {sw}, {pt}, {pl}, "
               f"{pb}, {pr}, {dh}, {dw}, {G}, 1, 1, {_b(has_bias)}, {blo}LL, {bhi}LL, {acc}>")
         self.body.append(f"    static_assert({cv}::OH == {OH} && {cv}::OW == {OW}, \"{op.name}: output size\");")
         self.body.append(f"    {cv}::run({xa.name}, {w.name}, {bias_arg}{y.name});")
+
+    def _sparse_weights(self, op: Op, wmat: np.ndarray):
+        """The op's constant weight in pruning's [OC, K] matrix view, packed with the
+        ``attrs["sparse"]`` block shape (``codesign.hls.sparse.pack_sparse``)."""
+        from codesign.hls.sparse import pack_sparse
+        sp = op.attrs["sparse"]
+        return pack_sparse(wmat, int(sp["pe"]), int(sp["simd"]))
+
+    def _sparse_unit(self, unit: str, sw) -> tuple[str, str, str, str]:
+        """Declare a typedef of the sparse unit and its CSR arrays as ROM constants
+        (``static const``, initialised in the source, not loaded from ``weights.bin``);
+        returns (typedef, row_ptr, col_idx, vals) identifiers."""
+        names = []
+        for _ in range(4):
+            self.ntmp += 1
+            names.append(f"t_{self.ntmp}")
+        t, rp, ci, vv = names
+
+        def init(values) -> str:
+            flat = [str(int(v)) for v in np.asarray(values).reshape(-1)]
+            rows = [", ".join(flat[i:i + 32]) for i in range(0, len(flat), 32)]
+            return "{\n        " + ",\n        ".join(rows) + "}"
+
+        row_ptr, col, vals = sw.kernel_arrays()
+        nba = col.size
+        self.sparse = True
+        self.decls += [
+            f"    typedef {unit} {t};  // {sw.nb} of {sw.row_groups}x{sw.col_groups} blocks stored, "
+            f"{sw.empty_row_groups} empty row group(s)",
+            f"    static const {t}::ptr_t {rp}[{sw.row_groups + 1}] = {init(row_ptr)};",
+            f"    static const {t}::col_t {ci}[{nba}] = {init(col)};",
+            f"    static const {t}::w_t {vv}[{nba}][{sw.pe}][{sw.simd}] = {init(vals)};",
+        ]
+        return t, rp, ci, vv
 
     def _chw(self, cls: str, C: int, H: int, W: int) -> str:
         """A static [C][H][W] array (pool.h's image layout)."""
@@ -741,6 +796,8 @@ def _top_cpp(ir: IR, top: str, board: Board, clock_mhz: float, em: _Emitter, ins
          "// One call = one sample; see README.md.",
          f'#include "{top}.h"', '#include "weights.h"', ""]
     L += [f'#include "codesign/{h}"' for h in HEADERS]
+    if em.sparse:
+        L.append('#include "codesign/sparse.h"')
     L.append(_PRELUDE)
     L.append(_signature(top, ins, outs) + " {")
     for p in ins:

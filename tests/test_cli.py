@@ -209,7 +209,8 @@ def test_ops_lists_every_contract_op(capsys):
     names = [o["name"] for o in listed]
     # the ops named in docs/arithmetic.md, written out here, not read from the registry
     assert names == ["quantize", "dequantize", "matmul", "requant", "lut", "softmax", "isqrt", "layernorm",
-                     "add", "xnor_popcount", "threshold", "maxpool2d", "avgpool2d", "conv2d"]
+                     "add", "xnor_popcount", "threshold", "maxpool2d", "avgpool2d", "conv2d",
+                     "sparse_matmul", "sparse_conv2d"]
     assert all(o["header"].startswith("codesign/") and o["cycles"] for o in listed)
     assert cli.main(["ops"]) == 0
     table = capsys.readouterr().out
