@@ -78,14 +78,25 @@ CHAIN_MAX = 32
 #: Softmax core depth per row beyond its three passes and the 32-step divider
 #: (sim/rtl/softmax_core.v; tests/test_engine.py compares with codesign.sim.rtl).
 D_SM = 6
-#: LayerNorm core depth per row beyond its passes, the square root and the 16/48-step
-#: divisions (sim/rtl/layernorm_core.v; checked against codesign.sim.rtl).
+#: LayerNorm core depth per row beyond its two passes and its sequential steps (the mean
+#: division, mu·T, the variance division, the square root): the moments pipeline, one
+#: handoff per unit and the 28-stage normalise pipeline (sim/rtl/layernorm_core.v;
+#: checked against codesign.sim.rtl).
 D_LN = 34
+#: layernorm_core.v's sequential steps per row: the 16-step mean division, 16 shift-and-add
+#: steps of mu·T (SS = Sxx − mu·T from the moments), the 48-step division
+#: floor(SS·2^16/H), the 25-step square root (v < 2^49: the contract's first 7 of 32 steps
+#: are no-ops). Each runs in its own unit on its own row; the variance division and its
+#: handoff (``LN_V_STEPS + 1``) is the slowest, so rows stream every max(B, 49).
+LN_MU_STEPS = 16
+LN_SS_STEPS = 16
+LN_V_STEPS = 48
+LN_SQRT_STEPS = 25
 #: Steps of the digit-by-digit square root (docs/arithmetic.md §6 step 6: 32 iterations).
 SQRT_STEPS = 32
-#: Passes over a row: softmax (max, exp-sum, normalise), LayerNorm (sum, variance, normalise).
+#: Passes over a row: softmax (max, exp-sum, normalise), LayerNorm (moments, normalise).
 SOFTMAX_PASSES = 3
-LAYERNORM_PASSES = 3
+LAYERNORM_PASSES = 2
 #: LayerNorms per encoder layer (after attention, after the FFN).
 LAYERNORMS_PER_LAYER = 2
 
@@ -352,18 +363,22 @@ def softmax_cycles(R, heads, P, L_sm, D_sm=None):
 
 
 def layernorm_row_cycles(H, L_ln, D_ln=None):
-    """§4 one LayerNorm row alone: ``3 · ceil(H / L_ln) + 32 + 16 + 48 + D_ln`` (sum,
-    variance, normalise passes; 32-step square root, 16- and 48-step divisions for the mean
-    and ``v``). ``D_ln`` defaults to ``D_LN`` (layernorm_core.v)."""
+    """§4 one LayerNorm row alone: ``2 · ceil(H / L_ln) + 16 + 16 + 48 + 25 + D_ln``
+    (moments and normalise passes; the 16-step mean division, 16 steps of mu·T, the
+    48-step division for ``v``, the 25-step square root). ``D_ln`` defaults to ``D_LN``
+    (layernorm_core.v)."""
     D_ln = D_LN if D_ln is None else D_ln
-    return LAYERNORM_PASSES * ceil_div(H, L_ln) + SQRT_STEPS + 16 + 48 + D_ln
+    return (LAYERNORM_PASSES * ceil_div(H, L_ln) + LN_MU_STEPS + LN_SS_STEPS + LN_V_STEPS + LN_SQRT_STEPS
+            + D_ln)
 
 
 def layernorm_stream_cycles(rows, H, L_ln):
-    """§4 ``rows`` rows streamed through the core (layernorm_core.v): the front of a row
-    (``2B + 102``) dominates, ``B = ceil(H / L_ln)``: ``3B + 130 + (rows − 1)(2B + 102)``."""
+    """§4 ``rows`` rows streamed through the core (layernorm_core.v): its units work on
+    different rows, and the slower of the input pass (``B = ceil(H / L_ln)``) and the
+    variance division with its handoff (49) sets the row interval:
+    ``2B + 139 + (rows − 1) · max(B, 49)``."""
     B = ceil_div(H, L_ln)
-    return 3 * B + SQRT_STEPS + 16 + 48 + D_LN + (rows - 1) * (2 * B + 102)
+    return layernorm_row_cycles(H, L_ln) + (rows - 1) * np.maximum(B, LN_V_STEPS + 1)
 
 
 def layernorm_cycles(R, H, L_ln, D_ln=None):
@@ -517,13 +532,15 @@ COEFFS: dict[str, float] = {
     "acc_lut": 60.8,
     "acc_ff": 2 * PE_ACC_BITS,
     # --- requantizer per PE (docs/arithmetic.md §3; sim/rtl/requant.v): acc (32) x M (16)
-    # on two DSP48E2 (27x18 + cascade); FFs: the 49-bit product register, shift (6),
-    # y_signed (1), the 8-bit code (RTL: 64); LUTs: the rounding constant 2^(sh-1), the
-    # 64-bit rounding add, the 64-bit arithmetic shift by sh and the two 64-bit clamps
-    # (Yosys: 540; the RTL works in 64 bits where the product has 49).
+    # on two DSP48E2 (acc split at bit 17, the two partial products summed in fabric:
+    # 16 LUTs + carry); FFs: the 48-bit product register, shift (6), y_signed (1), the
+    # 8-bit code (RTL: 63); LUTs: the partial-product sum, then a narrow datapath: the
+    # 49-bit 2p shifted by sh in three 4:1 stages that keep only a 9-bit window plus an
+    # out-of-range flag (constant-range sign checks), a 10-bit rounding increment and the
+    # 8-bit clamp (Yosys: 107).
     "requant_dsp": 2,
-    "requant_lut": 540,
-    "requant_ff": 64,
+    "requant_lut": 107,
+    "requant_ff": 63,
     # the PE's channel parameters (bias, M, sh: 54 bits) in the parameter-slot memory,
     # ``chan_param_slots`` slots (one per tile in flight: double-buffered), LUTRAM
     # (Yosys: RAM32M16, 14 bits per 8 LUTs)
@@ -559,18 +576,21 @@ COEFFS: dict[str, float] = {
     "ln_div_stages": 24,
     "ln_div_stage_lut": 100,
     "ln_div_stage_ff": 50,
-    # ... and the rest of the lane: d = x - mu, d^2 (one DSP), the numerator and its
-    # magnitude, z·G (one DSP) + B, the 64-bit rshr and clamp, their registers (Yosys fit
-    # over L = 1, 2, 4 of the lane total, 2856 LUT / 1323 FF, less the divider)
+    # ... and the rest of the lane: x² (one DSP) with its registers and its share of the
+    # moments' adder trees, d = x - mu, the numerator and its magnitude, z·G (one DSP) + B,
+    # the 64-bit rshr and clamp, their registers (Yosys fit over L = 1, 2, 4 of the
+    # layernorm_core with the moments pipeline, less the divider)
     "ln_lane_dsp": 2,
-    "ln_lane_lut": 456,
-    "ln_lane_ff": 123,
-    # per core: the 16-step (mu) and 48-step (v) sequential dividers, the 32-step isqrt of
-    # a 64-bit value (three 64-bit registers), the sum and SS accumulators, the divider
-    # pipeline's shared divisor registers (25 bits x 24 stages), control.
-    # No DSP: the divisions by H are sequential. Yosys fit.
-    "ln_core_lut": 844,
-    "ln_core_ff": 1303,
+    "ln_lane_lut": 427,
+    "ln_lane_ff": 140,
+    # per core: the 16-step (mu, with remainder) and 48-step (v) sequential dividers, the
+    # 16-step mu·T shift-and-add (46-bit), the 25-step isqrt of a 49-bit value (three
+    # 49-bit registers), the moment accumulators and the row contexts of the units (moments,
+    # mu, nbeats), the ring pointers and count, the divider pipeline's shared divisor
+    # registers (25 bits x 24 stages), control. No DSP: the scalar steps are sequential.
+    # Yosys fit.
+    "ln_core_lut": 1371,
+    "ln_core_ff": 1598,
     "ln_core_dsp": 0,
     # --- memories
     # LUTRAM for simple-dual-port buffers when shallow and small, else RAMB18 (``ram``);
@@ -772,7 +792,9 @@ def accumulators(n_pes, c: Mapping[str, float]) -> Res:
 
 
 def requant_units(n, c: Mapping[str, float]) -> Res:
-    """``n`` requantizers (sim/rtl/requant.v: 32x16 multiply, round, shift, saturate)."""
+    """``n`` requantizers (sim/rtl/requant.v: 32x16 multiply on two DSPs, then a narrow
+    round/shift/saturate datapath: a 9-bit window of the shifted product, an out-of-range
+    flag, a 10-bit rounding increment, the clamp)."""
     return Res(lut=n * c["requant_lut"], ff=n * c["requant_ff"], dsp=n * c["requant_dsp"])
 
 
@@ -783,8 +805,8 @@ def channel_params(n_pes, c: Mapping[str, float]) -> Res:
 
 
 def requantizers(n_pes, c: Mapping[str, float]) -> Res:
-    """One requantizer per PE (32x16 multiply, round, shift, saturate) + its channel's
-    bias/M/sh slots."""
+    """One requantizer per PE (32x16 multiply on two DSPs, narrow round/shift/saturate:
+    ``requant_units``) + its channel's bias/M/sh slots."""
     return requant_units(n_pes, c) + channel_params(n_pes, c)
 
 
@@ -806,18 +828,29 @@ def softmax_cores(P, L_sm, R, c: Mapping[str, float]) -> Res:
     return (core + bufs) * P
 
 
+def layernorm_ring_depth(H, L_ln):
+    """Beats in layernorm_core.v's row ring with HMAX = ``H``, ``BMAX = ceil(H / L_ln)``:
+    ``max(BMAX + 128, 6 · min(BMAX, 48) + 32)`` (its header: enough that the ring never
+    stalls the input in a stream)."""
+    Bm = ceil_div(H, L_ln)
+    return np.maximum(Bm + 128, 6 * np.minimum(Bm, 48) + 32)
+
+
 def layernorm_unit(L_ln, H, c: Mapping[str, float]) -> Res:
-    """sim/rtl/layernorm_core.v with ``L_ln`` lanes and HMAX = ``H``: the lanes, the front
-    unit's dividers and square root, its row buffers (two rows of int16 codes and keep
-    bits, dual port) and the per-element G (int16) and B (int32) memories."""
+    """sim/rtl/layernorm_core.v with ``L_ln`` lanes and HMAX = ``H``: the lanes (x² of
+    the moments, the normalise pipeline with its divider), the scalar units (dividers,
+    mu·T, square root, their row contexts), the ring of row beats (int16 codes: one write
+    and one read port; the keep bits in LUTRAM, one RAM64M8 per 64 beats and 7 lanes, as
+    Yosys maps them) and the per-element G (int16) and B (int32) memories."""
     B = ceil_div(H, L_ln)
+    RD = layernorm_ring_depth(H, L_ln)
     lanes = Res(lut=L_ln * (c["ln_lane_lut"] + c["ln_div_stages"] * c["ln_div_stage_lut"]),
                 ff=L_ln * (c["ln_lane_ff"] + c["ln_div_stages"] * c["ln_div_stage_ff"]),
                 dsp=L_ln * c["ln_lane_dsp"])
     core = Res(lut=c["ln_core_lut"], ff=c["ln_core_ff"], dsp=c["ln_core_dsp"])
-    rows = ram_dp(2 * B, 16 * L_ln, c) + ram_dp(2 * B, L_ln, c)
+    ring = ram(RD, 16 * L_ln, c) + Res(lut=8 * ceil_div(RD, 64) * ceil_div(L_ln, 7))
     params = ram(B, 16 * L_ln, c) + ram(B, 32 * L_ln, c)
-    return lanes + core + rows + params
+    return lanes + core + ring + params
 
 
 def layernorm_core(L_ln, H, c: Mapping[str, float]) -> Res:

@@ -436,13 +436,15 @@ def softmax_cycles(rows: int, N: int, L: int) -> int:
 
 def layernorm_cycles(rows: int, H: int, L: int) -> int:
     """layernorm_core.v: ``rows`` rows of H elements, L lanes, offered without gaps:
-    3B + 130 + (rows - 1) * (2B + 102), B = ceil(H / L). One row alone is
-    3*ceil(H/L) + 32 (isqrt) + 16 (mean division) + 48 (variance division) + D_ln with
-    D_ln = 34; in a stream the front (2B + 102) dominates the back (B + 1)."""
+    2B + 139 + (rows - 1) * max(B, 49), B = ceil(H / L). One row alone is
+    2*ceil(H/L) (input and normalise passes) + 16 (mean division) + 16 (mu * T for SS
+    from the moments) + 48 (variance division) + 25 (isqrt) + D_ln with D_ln = 34; in a
+    stream the units work on different rows and the slowest sets the interval: the input
+    (and normalise) pass, B, or the 48-step division with its handoff, 49."""
     if rows < 1 or H < 1 or L < 1:
         raise ValueError(f"layernorm_cycles: rows={rows}, H={H}, L={L} must be >= 1")
     B = -(-H // L)
-    return 3 * B + 130 + (rows - 1) * (2 * B + 102)
+    return 2 * B + 139 + (rows - 1) * max(B, 49)
 
 
 # ---------------------------------------------------------------------------

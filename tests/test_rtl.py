@@ -398,7 +398,9 @@ def test_layernorm_core(sim, L, out_bits):
     small-variance rows, zero-variance rows with E = 0 (sigma clamped to 1) and E > 0,
     H = 1, H not a multiple of L, parameters from layernorm_params and arbitrary ones
     (|G| = 2^15 - 1, |B| = 2^31 - 1, S = 1 and 62), signed and unsigned outputs,
-    several rows, stalls; cycles == rtl.layernorm_cycles."""
+    several rows, stalls; cycles == rtl.layernorm_cycles in both of its regimes (row
+    interval B = ceil(H/L) > 49 and 49 > B, their boundary B = 49, H < L, one row, many
+    rows)."""
     rng = np.random.default_rng([L, out_bits, 3])
 
     def model_params(H: int, eps: float = 1e-5) -> ref.LayerNormParams:
@@ -421,6 +423,12 @@ def test_layernorm_core(sim, L, out_bits):
         (2 * L + 3, 2, "full", "S1", True, 0.0),
         (2 * L + 3, 2, "small", "S62", True, 0.0),
         (2 * L, 3, "full", None, False, 0.3),
+        (L - 1, 1, "full", None, True, 0.0),             # H < L, one row
+        (L + 1, 12, "full", None, True, 0.0),            # many rows, division-bound
+        (48 * L - 1, 4, "full", None, False, 0.0),       # B = 48: still division-bound
+        (49 * L, 3, "small", None, True, 0.0),           # B = 49: both bounds meet
+        (52 * L + 1, 4, "full", "S62", True, 0.0),       # B = 53: input-bound
+        (52 * L + 1, 3, "full", None, True, 0.3),        # input-bound, with stalls
     ]:
         if kind == "full":
             x = rng.integers(-(2**15), 2**15, size=(rows, H))
@@ -451,5 +459,13 @@ def test_nonlinear_cycle_models():
     assert rtl.softmax_cycles(1, 128, 16) == 3 * 8 + 32 + 6
     assert rtl.softmax_cycles(128, 128, 16) == 3 * 8 + 38 + 127 * 41  # divider-bound back unit
     assert rtl.softmax_cycles(4, 256, 8) == 3 * 32 + 38 + 3 * 67       # input-bound front unit
-    assert rtl.layernorm_cycles(1, 768, 16) == 3 * 48 + 32 + 16 + 48 + 34
-    assert rtl.layernorm_cycles(128, 768, 16) == 3 * 48 + 130 + 127 * (2 * 48 + 102)
+    # LayerNorm, B = ceil(H/L): one row = input pass B + mean division 16 + mu*T 16 +
+    # variance division 48 + isqrt 25 + normalise pass B + D_ln 34; rows follow every
+    # max(B, 48 + 1) (input pass or the variance division with its handoff).
+    # H=768, L=16: B=48, one row 96 + 16 + 16 + 48 + 25 + 34 = 235, then 127 x 49
+    assert rtl.layernorm_cycles(1, 768, 16) == 235
+    assert rtl.layernorm_cycles(128, 768, 16) == 235 + 127 * 49
+    # H=1024, L=16: B=64 > 49, input-bound: 128 + 139 = 267, then 3 x 64
+    assert rtl.layernorm_cycles(4, 1024, 16) == 267 + 3 * 64
+    # H=3, L=16 (H < L): B=1, 2 + 139 = 141, then 9 x 49
+    assert rtl.layernorm_cycles(10, 3, 16) == 141 + 9 * 49
