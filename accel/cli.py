@@ -134,7 +134,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     try:
         res = flow.build(args.model, board, out=args.out, config=args.config, force=args.force,
                          csim=not args.no_csim, seed=args.seed, clock_mhz=args.clock, progress=_progress,
-                         weights=args.weights)
+                         weights=args.weights, sparse=_sparse_arg(args.sparse))
     except flow.FlowError as exc:
         raise CliError(str(exc), exc.code) from None
     except _flow_errors() as exc:
@@ -143,6 +143,19 @@ def _cmd_build(args: argparse.Namespace) -> int:
     csim = f"csim skipped ({c['skipped']})" if c.get("skipped") else f"csim passed ({c['cases']} cases)"
     print(f"built {res.out}: {csim}; report: {res.out / 'report.md'}")
     return EXIT_OK
+
+
+def _sparse_arg(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        pe, simd = (int(p) for p in parts)
+    except ValueError:
+        raise CliError(f"--sparse {text!r}: expected PE,SIMD (two positive integers, e.g. 1,8)") from None
+    if pe < 1 or simd < 1:
+        raise CliError(f"--sparse {text!r}: PE and SIMD must be >= 1")
+    return pe, simd
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -178,6 +191,28 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                                      epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                                      threads=args.threads, progress=_progress)
     except mp_flow.QuantizeError as exc:
+        raise CliError(str(exc), exc.code) from None
+    except _flow_errors() as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    print(res.summary)
+    print(f"wrote {out}: {', '.join(res.files)}")
+    return EXIT_OK
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from codesign.accel import prune_flow
+
+    if args.model != "mpcnn":
+        raise CliError(f"unknown model {args.model!r} for prune (supported: mpcnn)")
+    out = Path(args.out) if args.out else Path("build") / "prune-mpcnn"
+    try:
+        res = prune_flow.prune_mpcnn(args.latency_budget_ms, out, force=args.force, seed=args.seed, pe=args.pe,
+                                     simd=args.simd, clock_mhz=args.clock, epochs=args.epochs,
+                                     admm_iters=args.admm_iters, finetune_epochs=args.finetune_epochs,
+                                     threads=args.threads, progress=_progress)
+    except prune_flow.PruneError as exc:
         raise CliError(str(exc), exc.code) from None
     except _flow_errors() as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -284,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--weights", metavar="CKPT",
                          help="a checkpoint instead of the config's default weights: model.pt of "
                               "'codesign train fqbert|bnn' or of 'codesign quantize mpcnn'")
+    p_build.add_argument("--sparse", metavar="PE,SIMD",
+                         help="emit pruned conv/linear layers (at most 75 %% of PE x SIMD weight blocks "
+                              "non-zero) as block-sparse MVAUs that skip the zero blocks")
     p_build.set_defaults(func=_cmd_build)
 
     p_train = sub.add_parser(
@@ -335,6 +373,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fine-tuning epochs per configuration (default 4)")
     p_q.add_argument("--threads", type=int, default=1, metavar="N", help="torch intra-op threads (default 1)")
     p_q.set_defaults(func=_cmd_quantize)
+
+    p_pr = sub.add_parser(
+        "prune",
+        help="latency-constrained SIMD-structured pruning (ALCS, ADMM) under a latency budget",
+        description=("mpcnn: train the tiny digits CNN, then for each latency budget prune PE x SIMD weight "
+                     "groups by ADMM so the sparse MVAU's estimated latency meets it, fine-tune, and compare "
+                     "with unstructured magnitude pruning at the same density. Writes prune.json, prune.md, "
+                     "prune.svg (accuracy vs latency), model.onnx (tightest budget; build it with "
+                     "'codesign build DIR/model.onnx --sparse PE,SIMD'), model.pt."),
+    )
+    p_pr.add_argument("model", metavar="MODEL", help="mpcnn")
+    p_pr.add_argument("--latency-budget-ms", required=True, metavar="MS[,MS...]",
+                      help="one or more latency budgets of the conv/linear layers in ms")
+    p_pr.add_argument("--pe", type=int, default=1, metavar="N", help="group rows: the MVAU's PE (default 1)")
+    p_pr.add_argument("--simd", type=int, default=8, metavar="N", help="group columns: the MVAU's SIMD (default 8)")
+    p_pr.add_argument("--clock", type=float, default=214.0, metavar="MHZ", help="assumed clock (default 214)")
+    p_pr.add_argument("--out", metavar="DIR", help="output folder (default build/prune-mpcnn)")
+    p_pr.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p_pr.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p_pr.add_argument("--epochs", type=int, default=10, metavar="N", help="dense training epochs (default 10)")
+    p_pr.add_argument("--admm-iters", type=int, default=4, metavar="N", help="ADMM iterations (default 4)")
+    p_pr.add_argument("--finetune-epochs", type=int, default=5, metavar="N",
+                      help="masked fine-tuning epochs (default 5)")
+    p_pr.add_argument("--threads", type=int, default=1, metavar="N", help="torch intra-op threads (default 1)")
+    p_pr.set_defaults(func=_cmd_prune)
 
     p_ver = sub.add_parser(
         "verify",

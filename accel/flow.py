@@ -462,7 +462,7 @@ def _golden(front: _Front, ir, seed: int, gdir: Path) -> tuple[dict, dict, dict,
 def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike | None = None,
           config: str = "tiny", force: bool = False, csim: bool = True, seed: int = 0,
           clock_mhz: float = DEFAULT_CLOCK_MHZ, progress: Callable[[str], None] | None = None,
-          weights: str | os.PathLike | None = None) -> BuildResult:
+          weights: str | os.PathLike | None = None, sparse: tuple[int, int] | None = None) -> BuildResult:
     """Build ``model`` (a zoo name or a ``.onnx`` path) for ``board`` into ``out``.
 
     Raises :class:`FlowError` (exit code in ``.code``) for bad arguments and failed
@@ -515,6 +515,10 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
 
                 f = state["front"]
                 ir = lower(f.accel, name=src.name, **(f.lower_kw or {}))
+                if sparse is not None:
+                    from codesign.accel.passes import mark_sparse
+
+                    ir = mark_sparse(ir, *sparse)
                 irm.save(ir, stage / "ir")
                 _write_model(cleanup_model(f.full), stage / "model.onnx")
                 if f.params is not None:
@@ -671,8 +675,6 @@ def _predict_csim(d: Path, ir, b, x: np.ndarray) -> None:
     """
     import shutil
     import tempfile
-
-    from codesign.sim.run_ir import run_reference
 
     emit = hls_emitter()
     if emit is None or not (d / "hls").is_dir():

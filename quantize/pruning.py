@@ -54,7 +54,7 @@ from torch import nn
 
 __all__ = ["GroupSpec", "PiecewiseLinear", "group_norms", "group_mask_to_weight", "weight_to_group_mask",
            "project_latency", "layer_latency", "total_latency", "admm_prune", "magnitude_prune",
-           "apply_masks", "PruneResult", "prunable_layers"]
+           "apply_masks", "PruneResult", "prunable_layers", "finetune_masked"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,11 +180,14 @@ def total_latency(specs: Mapping[str, GroupSpec], models: Mapping[str, Piecewise
 # ---------------------------------------------------------------------------------------
 
 def project_latency(specs: Mapping[str, GroupSpec], models: Mapping[str, PiecewiseLinear],
-                    norms: Mapping[str, np.ndarray], budget: float, min_groups: int = 1) -> dict[str, np.ndarray]:
+                    norms: Mapping[str, np.ndarray], budget: float, min_groups: int = 1,
+                    per_row_group: bool = False) -> dict[str, np.ndarray]:
     """Group masks maximising the kept squared norm with ``Σ_l lat_l(d_l) ≤ budget``.
 
     Every layer first keeps its ``min_groups`` largest groups (a layer is never removed
-    entirely); then, greedily, the group with the largest ``norm / Δlat`` is added, where
+    entirely) or, with ``per_row_group``, the largest group of every row group (then no row
+    group is ever empty: the sparse MVAU's cost is exactly one cycle per kept group,
+    ``hls/sparse.py``); then, greedily, the group with the largest ``norm / Δlat`` is added, where
     ``Δlat`` is the latency the layer's next group adds (``lat_l((n+1)/N) − lat_l(n/N)``,
     so a layer whose latency model has steps is charged correctly); a group that does not
     fit is skipped and its layer closed. Ties are broken by layer order then group index
@@ -199,15 +202,26 @@ def project_latency(specs: Mapping[str, GroupSpec], models: Mapping[str, Piecewi
         g = np.asarray(norms[n], float).reshape(-1)
         if g.size != s.n_groups:
             raise ValueError(f"project_latency: {n}: {g.size} group norms for {s.n_groups} groups")
-        order[n] = np.lexsort((np.arange(g.size), -g))  # largest first, then lower index
-        k = min(int(min_groups), s.n_groups)
         m = np.zeros(s.n_groups, bool)
-        m[order[n][:k]] = True
+        if per_row_group:
+            rows = g.reshape(s.row_groups, s.col_groups)
+            first = np.argmax(rows, axis=1) + np.arange(s.row_groups) * s.col_groups  # lowest index on ties
+            m[first] = True
+            k = int(m.sum())
+        else:
+            k = min(int(min_groups), s.n_groups)
+        rank = np.lexsort((np.arange(g.size), -g))  # largest first, then lower index
+        if per_row_group:
+            rank = np.concatenate([rank[m[rank]], rank[~m[rank]]])  # the kept ones first
+        else:
+            m[rank[:k]] = True
+        order[n] = rank
         masks[n], kept[n] = m, k
         used += float(models[n](k / s.n_groups))
     if used > budget * (1 + 1e-12):
-        raise ValueError(f"latency budget {budget:.6g} is below the minimum {used:.6g} "
-                         f"({min_groups} group(s) per layer); raise the budget")
+        what = "one group per row group" if per_row_group else f"{min_groups} group(s) per layer"
+        raise ValueError(f"latency budget {budget:.6g} is below the minimum {used:.6g} ({what}); "
+                         "raise the budget")
     heap: list[tuple[float, int, int]] = []
 
     def push(li: int) -> None:
@@ -267,6 +281,14 @@ class PruneResult:
     history: list[dict] = field(default_factory=list)
 
 
+def _optimizer(model: nn.Module, kind: str, lr: float, momentum: float):
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    raise ValueError(f"optimizer {kind!r} not supported (sgd, adam)")
+
+
 def _sgd_epoch(model, layers, loss_fn, batches, opt, extra=None, grad_masks=None):
     total, count = 0.0, 0
     for xb, yb in batches:
@@ -290,12 +312,14 @@ def _sgd_epoch(model, layers, loss_fn, batches, opt, extra=None, grad_masks=None
 def admm_prune(model: nn.Module, specs: Mapping[str, GroupSpec], latency: Mapping[str, PiecewiseLinear],
                budget: float, loss_fn: Callable, batches: Callable[[], Iterable], *, admm_iters: int = 6,
                inner_epochs: int = 1, finetune_epochs: int = 3, rho: float = 1e-3, rho_growth: float = 2.0,
-               lr: float = 1e-2, momentum: float = 0.9, min_groups: int = 1, log: Callable[[str], None] | None = None
-               ) -> PruneResult:
+               lr: float = 1e-2, momentum: float = 0.9, min_groups: int = 1, per_row_group: bool = False,
+               optimizer: str = "sgd", log: Callable[[str], None] | None = None) -> PruneResult:
     """Prune ``model`` in place so that ``Σ_l latency[l](density_l) ≤ budget`` (module docstring).
 
     ``specs``/``latency``: per layer name (a key of :func:`prunable_layers`); ``batches()``
-    returns a fresh iterable of ``(x, y)`` training batches per epoch; ``loss_fn(out, y)``."""
+    returns a fresh iterable of ``(x, y)`` training batches per epoch; ``loss_fn(out, y)``;
+    ``optimizer``: ``"sgd"`` (with ``momentum``) or ``"adam"`` for both the W-step and the
+    fine-tuning."""
     layers = prunable_layers(model)
     missing = [n for n in specs if n not in layers]
     if missing:
@@ -313,7 +337,7 @@ def admm_prune(model: nn.Module, specs: Mapping[str, GroupSpec], latency: Mappin
 
     def z_of(v: Mapping[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
         norms = {n: group_norms(specs[n], v[n]) for n in specs}
-        gm = project_latency(specs, latency, norms, budget, min_groups)
+        gm = project_latency(specs, latency, norms, budget, min_groups, per_row_group)
         z = {}
         for n in specs:
             shape = tuple(layers[n].weight.shape)
@@ -324,7 +348,7 @@ def admm_prune(model: nn.Module, specs: Mapping[str, GroupSpec], latency: Mappin
     W = {n: layers[n].weight for n in specs}
     Z, gm = z_of({n: _matrix(W[n]) for n in specs})
     U = {n: torch.zeros_like(W[n]) for n in specs}
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = _optimizer(model, optimizer, lr, momentum)
     history = []
     r = float(rho)
     for it in range(int(admm_iters)):
@@ -349,7 +373,7 @@ def admm_prune(model: nn.Module, specs: Mapping[str, GroupSpec], latency: Mappin
     masks = {n: group_mask_to_weight(specs[n], gm[n], tuple(layers[n].weight.shape)) for n in specs}
     apply_masks(layers, masks)
     gmask_t = {n: torch.as_tensor(masks[n], dtype=layers[n].weight.dtype) for n in specs}
-    ft = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    ft = _optimizer(model, optimizer, lr, momentum)
     for e in range(int(finetune_epochs)):
         model.train()
         loss = _sgd_epoch(model, layers, loss_fn, batches(), ft, grad_masks=gmask_t)
@@ -360,6 +384,23 @@ def admm_prune(model: nn.Module, specs: Mapping[str, GroupSpec], latency: Mappin
     lat = total_latency(specs, latency, final)
     return PruneResult(masks=masks, group_masks=gm, latency=lat, budget=float(budget), dense_latency=dense_lat,
                        densities={n: float(gm[n].mean()) for n in specs}, history=history)
+
+
+def finetune_masked(model: nn.Module, masks: Mapping[str, np.ndarray], loss_fn: Callable,
+                    batches: Callable[[], Iterable], epochs: int = 3, lr: float = 1e-2, momentum: float = 0.9,
+                    optimizer: str = "sgd") -> float:
+    """SGD with the pruned weights held at zero (their gradient masked, the weights re-zeroed
+    after every step); returns the last epoch's mean loss. The model ends in eval mode."""
+    layers = prunable_layers(model)
+    apply_masks(layers, masks)
+    m_t = {n: torch.as_tensor(m, dtype=layers[n].weight.dtype) for n, m in masks.items()}
+    opt = _optimizer(model, optimizer, lr, momentum)
+    loss = float("nan")
+    for _ in range(int(epochs)):
+        model.train()
+        loss = _sgd_epoch(model, layers, loss_fn, batches(), opt, grad_masks=m_t)
+    model.eval()
+    return loss
 
 
 def magnitude_prune(model: nn.Module, names: Iterable[str], density: float) -> dict[str, np.ndarray]:

@@ -185,3 +185,25 @@ def test_admm_rejects_unknown_layer():
     lat = {"9": P.PiecewiseLinear((0.0, 1.0), (0.0, 1.0))}
     with pytest.raises(ValueError, match="no Conv2d/Linear named '9'"):
         P.admm_prune(model, specs, lat, 1.0, nn.CrossEntropyLoss(), lambda: [])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_projection_per_row_group_keeps_every_row_group(seed):
+    rng = np.random.default_rng(100 + seed)
+    specs, models, norms = {}, {}, {}
+    for i in range(2):
+        n = f"l{i}"
+        specs[n] = P.GroupSpec(n, int(rng.integers(2, 6)), int(rng.integers(4, 12)), int(rng.integers(1, 3)), 2)
+        models[n] = P.PiecewiseLinear((0.0, 1.0), (0.0, float(specs[n].n_groups)))  # one cycle per group
+        norms[n] = rng.exponential(1.0, (specs[n].row_groups, specs[n].col_groups))
+    floor_ = sum(specs[n].row_groups for n in specs)  # one group per row group
+    budget = float(rng.integers(floor_, sum(s.n_groups for s in specs.values()) + 1))
+    gm = P.project_latency(specs, models, norms, budget, per_row_group=True)
+    kept = sum(int(gm[n].sum()) for n in specs)
+    assert kept == int(budget)  # unit costs: the budget is filled exactly
+    for n in specs:
+        assert gm[n].any(axis=1).all()  # no empty row group
+        # each row group's largest group is kept
+        assert gm[n][np.arange(specs[n].row_groups), norms[n].argmax(axis=1)].all()
+    with pytest.raises(ValueError, match="one group per row group"):
+        P.project_latency(specs, models, norms, floor_ - 1, per_row_group=True)
