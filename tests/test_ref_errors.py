@@ -239,6 +239,21 @@ CASES = {
         lambda: ref.avgpool2d(X44, 2, 1, 63),        # shift out of range
         lambda: ref.avgpool2d(X44, 2, 1, 1, in_type=IntType(9)),
     ],
+    "conv2d": [
+        lambda: ref.conv2d(np.full((1, 2, 4, 4), 0.5), np.zeros((3, 2, 3, 3), np.int64)),  # x not integer codes
+        lambda: ref.conv2d(X44, np.zeros((3, 2, 3, 3), np.int64)),                        # IC 1 vs 2
+        lambda: ref.conv2d(np.zeros((1, 4, 4, 4), np.int64), np.zeros((3, 2, 3, 3), np.int64), groups=2),  # OC 3
+        lambda: ref.conv2d(X44, np.zeros((2, 1, 5, 5), np.int64)),                         # kernel > input
+        lambda: ref.conv2d(X44, np.zeros((2, 1, 3, 3), np.int64), stride=0),
+        lambda: ref.conv2d(X44, np.full((2, 1, 3, 3), 9, np.int64)),                       # 9 outside int4
+        lambda: ref.conv2d(np.full((1, 1, 4, 4), 256, np.int64), np.zeros((2, 1, 3, 3), np.int64)),
+        lambda: ref.conv2d(X44, np.zeros((2, 1, 3, 3), np.int64), pad=-1),
+    ],
+    "conv_geometry": [  # a helper: its errors name the op it is called for
+        lambda: ref.conv_geometry(2, 2, 3, op="conv_geometry"),  # the kernel does not fit
+        lambda: ref.conv_geometry(4, 4, 3, dilation=0, op="conv_geometry"),
+        lambda: ref.conv_geometry(4, 4, (3, 3, 3), op="conv_geometry"),
+    ],
 }
 
 
