@@ -1084,7 +1084,6 @@ class LowerBatchNorm(_Pass):
         w_t = CodeType.from_json(info["attrs"]["w_type"])
         a_t = CodeType.from_json(info["attrs"]["x_type" if conv else "a_type"])
         bias = model.get_initializer(inputs[2]).astype(np.int64) if len(inputs) == 3 else np.zeros(C, np.int64)
-        names = info["onnx_name"]
         consts = {k: CodeType.from_json(v) for k, v in info["const_types"].items()}
         out_name = q.output[0]
         out_shape = _shape(model, out_name)

@@ -87,7 +87,7 @@ def one_board(cfg: str, name: str, front: int) -> dict:
     out = {}
     print(f"== {cfg} on {name}")
     for label, clock in (("best over the clock range", None), ("at 214 MHz (FQ-BERT's clock)", 214.0),
-                         (f"at the target clock", b.target_clock_mhz)):
+                         ("at the target clock", b.target_clock_mhz)):
         t0 = time.perf_counter()
         res = E.search(cfg, b, clock=clock)
         dt = time.perf_counter() - t0

@@ -982,7 +982,7 @@ def _tcl(top: str, board: Board, clock_mhz: float) -> str:
         f"open_project -reset {HLS_PROJECT}",
         f"set_top {top}",
         f'add_files {top}.cpp -cflags "-Iinclude -I."',
-        f'add_files -tb tb.cpp -cflags "-Iinclude -I."',
+        'add_files -tb tb.cpp -cflags "-Iinclude -I."',
         "add_files -tb weights.bin",
         "add_files -tb golden",
         f"open_solution -reset {SOLUTION} -flow_target vivado",
