@@ -189,7 +189,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     try:
         res = mp_flow.quantize_mpcnn(args.budget, out, force=args.force, seed=args.seed, method=args.method,
                                      epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-                                     threads=args.threads, progress=_progress)
+                                     threads=args.threads, board=args.board, progress=_progress)
     except mp_flow.QuantizeError as exc:
         raise CliError(str(exc), exc.code) from None
     except _flow_errors() as exc:
@@ -362,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_q.add_argument("model", metavar="MODEL", help="mpcnn")
     p_q.add_argument("--budget", required=True, metavar="KIND=VALUE",
-                     help="avg-bits=V (average weight bits) or bops=V (millions of bit operations per inference)")
+                     help="avg-bits=V (average weight bits), bops=V (millions of bit operations per "
+                          "inference) or lut=V (LUTs of the layers' MVAUs on --board)")
+    p_q.add_argument("--board", metavar="BOARD", help=f"for --budget lut=...: {', '.join(sorted(BOARDS))}")
     p_q.add_argument("--method", default="hvp", choices=("hvp", "hutchinson", "fisher"),
                      help="sensitivity estimator (default hvp: the exact quadratic form)")
     p_q.add_argument("--out", metavar="DIR", help="output folder (default build/quantize-mpcnn)")

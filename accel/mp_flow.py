@@ -20,6 +20,10 @@ Budgets (``--budget KIND=VALUE``; the cost a layer at ``b`` bits adds):
 * ``avg-bits=V``: weight storage ``n_l · b``; budget ``V · Σ n_l`` (average bits per weight);
 * ``bops=V``: bit operations per inference ``MACs_l · b · a`` (``a`` = 8-bit activations),
   ``V`` in millions;
+* ``lut=V`` (the co-design budget; ``--board``): the LUTs of the layers' matrix-vector
+  units on the accelerator (:mod:`codesign.accel.dataflow`, Yosys-calibrated), each layer
+  at the folding (PE, SIMD) the dataflow search picks for the 8-bit baseline on the board;
+  a layer at ``b``-bit weights costs the LUTs of its MVAU with ``WB = b`` at that folding.
 
 Outputs (all or nothing): ``quantize.json`` (every number), ``quantize.md``, ``model.onnx``,
 ``model.pt`` (state dict + bit widths).
@@ -34,7 +38,7 @@ from typing import Callable
 
 __all__ = ["BUDGET_KINDS", "QuantizeError", "parse_budget", "quantize_mpcnn", "QuantizeRun", "pow2_quantizer"]
 
-BUDGET_KINDS = ("avg-bits", "bops")
+BUDGET_KINDS = ("avg-bits", "bops", "lut")
 CANDIDATE_BITS = (2, 3, 4, 5, 6, 8)
 
 
@@ -80,6 +84,34 @@ def pow2_quantizer(name, weight, bits):
     return torch.clamp(torch.round(w / s), -q, q) * s
 
 
+def lut_cost(model, board: str):
+    """``(cost(layer, bits), folding)``: the LUTs of each mpcnn layer's MVAU at ``bits``-bit
+    weights, at the folding :func:`codesign.accel.dataflow.search` chooses for ``model``
+    (exported and lowered as ``codesign build`` does) on ``board``."""
+    import dataclasses
+    import tempfile
+
+    from codesign.accel import dataflow as D
+    from codesign.accel.dataflow_ir import layers_from_ir
+    from codesign.accel.lower import lower
+    from codesign.quantize import mpcnn as M
+
+    with tempfile.TemporaryDirectory() as td:
+        M.export_mpcnn(model, f"{td}/m.onnx")
+        ir = lower(f"{td}/m.onnx", threshold_all=True)
+    layers = layers_from_ir(ir)
+    if len(layers) != len(M.LAYERS):
+        raise QuantizeError(f"internal: {len(layers)} dataflow layers for the {len(M.LAYERS)} mpcnn layers", 1)
+    fold = D.search(layers, board).folding
+    by_name = dict(zip(M.LAYERS, zip(layers, fold)))
+
+    def cost(layer: str, bits: int) -> float:
+        lay, (pe, simd) = by_name[layer]
+        return float(D.layer_resources(dataclasses.replace(lay, WB=int(bits)), pe, simd).lut)
+
+    return cost, {n: {"PE": int(f[0]), "SIMD": int(f[1])} for n, (_, f) in by_name.items()}
+
+
 def _markdown(r: dict) -> str:
     rows = "\n".join(
         f"| {c['name']} | {', '.join(str(c['bits'][n]) for n in r['layers'])} | {c['cost']:.6g} | "
@@ -115,7 +147,7 @@ loss units):
 
 def quantize_mpcnn(budget: str, out: Path, force: bool = False, seed: int = 0, method: str = "hvp",
                    epochs: int = 10, finetune_epochs: int = 4, calib_size: int = 256, threads: int | None = 1,
-                   progress: Callable[[str], None] | None = None) -> QuantizeRun:
+                   board: str | None = None, progress: Callable[[str], None] | None = None) -> QuantizeRun:
     """Run the loop of the module docstring and write ``out``."""
     from codesign.accel.outdir import atomic_output_dir
 
@@ -138,16 +170,31 @@ def quantize_mpcnn(budget: str, out: Path, force: bool = False, seed: int = 0, m
     xtr, ytr = data[0], data[1]
     shapes = M.layer_shapes()
     n_params = {n: shapes[n]["oc"] * shapes[n]["k"] for n in M.LAYERS}
+    if kind == "lut":
+        if board is None:
+            raise QuantizeError("--budget lut=... needs --board (the accelerator whose LUTs are budgeted)")
+        from codesign.accel.boards import get_board
+
+        try:
+            get_board(board)
+        except ValueError as e:
+            raise QuantizeError(str(e)) from None
+    elif board is not None:
+        raise QuantizeError(f"--board applies to --budget lut=... (the {kind} budget knows no board)")
+    folding = None
     if kind == "avg-bits":
         cost, total, unit = mp.size_cost(n_params), value * sum(n_params.values()), "weight bits"
-    else:
+    elif kind == "bops":
         cost = mp.bops_cost({n: shapes[n]["macs"] for n in M.LAYERS}, 8)
         total, unit = value * 1e6, "bit operations per inference"
+    else:
+        cost, folding = lut_cost(M.build_mpcnn(8, seed=seed), board)
+        total, unit = value, f"MVAU LUTs on {board}"
 
-    cheapest = math.fsum(cost(n, min(CANDIDATE_BITS)) for n in M.LAYERS)
+    cheapest = math.fsum(min(cost(n, b) for b in CANDIDATE_BITS) for n in M.LAYERS)
     if cheapest > total:
-        raise QuantizeError(f"--budget {budget}: infeasible, the cheapest allocation ({min(CANDIDATE_BITS)} bits "
-                            f"everywhere) costs {cheapest:.6g} {unit} > {total:.6g}")
+        raise QuantizeError(f"--budget {budget}: infeasible, the cheapest allocation (each layer at its cheapest "
+                            f"width) costs {cheapest:.6g} {unit} > {total:.6g}")
     with atomic_output_dir(Path(out), force) as stage:
         say(f"baseline: uniform 8-bit, {epochs} epochs")
         base = M.build_mpcnn(8, seed=seed)
@@ -161,12 +208,11 @@ def quantize_mpcnn(budget: str, out: Path, force: bool = False, seed: int = 0, m
                                layers=list(M.LAYERS), quantizer=pow2_quantizer)
         options = mp.build_options(table, cost)
         try:
-            exact = mp.solve_exact(options, total)
+            # LUT costs are fractional model figures: the DP rounds them up to whole LUTs
+            exact = mp.solve_exact(options, total, resolution=1.0 if kind == "lut" else None)
             greedy = mp.solve_greedy(options, total)
         except ValueError as e:
-            cheapest = sum(min(o.cost for o in opts) for opts in options.values())
-            raise QuantizeError(f"--budget {budget}: infeasible, the cheapest allocation (2 bits everywhere) "
-                                f"costs {cheapest:.6g} {unit} > {total:.6g}") from e
+            raise QuantizeError(f"--budget {budget}: {e}") from e
         say("allocation: " + ", ".join(f"{n} {exact.choice[n]}" for n in M.LAYERS))
 
         configs = []
@@ -188,7 +234,7 @@ def quantize_mpcnn(budget: str, out: Path, force: bool = False, seed: int = 0, m
             "bits": list(CANDIDATE_BITS), "sensitivity": table.to_dict(),
             "allocation": {"exact": {"choice": exact.choice, "cost": exact.cost, "omega": exact.omega},
                            "greedy": {"choice": greedy.choice, "cost": greedy.cost, "omega": greedy.omega}},
-            "configs": configs,
+            "configs": configs, "board": board, "folding": folding,
         }
         for c in configs:
             c["within_budget"] = bool(c["cost"] <= total * (1 + 1e-12))

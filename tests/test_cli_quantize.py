@@ -49,3 +49,27 @@ def test_quantize_errors_one_line(tmp_path, capsys):
     assert main(["quantize", "resnet", "--budget", "avg-bits=4", "--out", str(tmp_path / "b")]) == 2
     assert "supported: mpcnn" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_quantize_lut_budget_uses_the_accelerator_model(tmp_path, capsys):
+    import dataclasses
+
+    from codesign.accel import dataflow as D
+    from codesign.accel.dataflow_ir import layers_from_ir
+    from codesign.accel.lower import lower
+
+    out = tmp_path / "q"
+    assert main(["quantize", "mpcnn", "--budget", "lut=180000", "--board", "zcu102", "--out", str(out),
+                 "--epochs", "1", "--finetune-epochs", "1"]) == 0
+    r = json.loads((out / "quantize.json").read_text())
+    bits, fold = r["allocation"]["exact"]["choice"], r["folding"]
+    # recompute the chosen allocation's LUTs from the dataflow model on the exported graph
+    layers = layers_from_ir(lower(str(out / "model.onnx"), threshold_all=True))
+    total = sum(D.layer_resources(dataclasses.replace(lay, WB=bits[n]), fold[n]["PE"], fold[n]["SIMD"]).lut
+                for n, lay in zip(M.LAYERS, layers))
+    assert [lay.WB for lay in layers] == [bits[n] for n in M.LAYERS]
+    assert total == pytest.approx(r["configs"][0]["cost"]) and total <= 180000
+    assert main(["quantize", "mpcnn", "--budget", "lut=180000", "--out", str(tmp_path / "x")]) == 2
+    assert "needs --board" in capsys.readouterr().err
+    assert main(["quantize", "mpcnn", "--budget", "avg-bits=4", "--board", "zcu102", "--out", str(tmp_path / "y")]) == 2
+    assert "--board applies to --budget lut" in capsys.readouterr().err
