@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_q.add_argument("--out", metavar="DIR", help="output folder (default build/quantize-mpcnn)")
     p_q.add_argument("--force", action="store_true", help="replace an existing output folder")
     p_q.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    p_q.add_argument("--epochs", type=int, default=10, metavar="N", help="baseline 8-bit epochs (default 10)")
+    p_q.add_argument("--epochs", type=int, default=20, metavar="N", help="baseline 8-bit epochs (default 20)")
     p_q.add_argument("--finetune-epochs", type=int, default=4, metavar="N",
                      help="fine-tuning epochs per configuration (default 4)")
     p_q.add_argument("--threads", type=int, default=1, metavar="N", help="torch intra-op threads (default 1)")
@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_pr.add_argument("--out", metavar="DIR", help="output folder (default build/prune-mpcnn)")
     p_pr.add_argument("--force", action="store_true", help="replace an existing output folder")
     p_pr.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    p_pr.add_argument("--epochs", type=int, default=10, metavar="N", help="dense training epochs (default 10)")
+    p_pr.add_argument("--epochs", type=int, default=20, metavar="N", help="dense training epochs (default 20)")
     p_pr.add_argument("--admm-iters", type=int, default=4, metavar="N", help="ADMM iterations (default 4)")
     p_pr.add_argument("--finetune-epochs", type=int, default=5, metavar="N",
                       help="masked fine-tuning epochs (default 5)")

@@ -146,7 +146,7 @@ loss units):
 
 
 def quantize_mpcnn(budget: str, out: Path, force: bool = False, seed: int = 0, method: str = "hvp",
-                   epochs: int = 10, finetune_epochs: int = 4, calib_size: int = 256, threads: int | None = 1,
+                   epochs: int = 20, finetune_epochs: int = 4, calib_size: int = 256, threads: int | None = 1,
                    board: str | None = None, progress: Callable[[str], None] | None = None) -> QuantizeRun:
     """Run the loop of the module docstring and write ``out``."""
     from codesign.accel.outdir import atomic_output_dir

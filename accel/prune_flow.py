@@ -118,7 +118,7 @@ still holds a non-zero weight.
 
 
 def prune_mpcnn(budgets: str, out: Path, force: bool = False, seed: int = 0, pe: int = 1, simd: int = 8,
-                clock_mhz: float = 214.0, epochs: int = 10, admm_iters: int = 4, finetune_epochs: int = 5,
+                clock_mhz: float = 214.0, epochs: int = 20, admm_iters: int = 4, finetune_epochs: int = 5,
                 threads: int | None = 1, progress: Callable[[str], None] | None = None) -> PruneRun:
     """Run the loop of the module docstring and write ``out``."""
     from codesign.accel.outdir import atomic_output_dir

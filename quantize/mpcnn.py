@@ -35,7 +35,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["LAYERS", "CONFIGS", "digits", "build_mpcnn", "train_mpcnn", "evaluate", "export_mpcnn",
+__all__ = ["LAYERS", "CONFIGS", "digits", "build_mpcnn", "build_mpcnn_fp32", "train_mpcnn", "evaluate", "export_mpcnn",
            "layer_shapes", "TrainResult"]
 
 #: Quantized layers in forward order (the names the per-layer bit widths use).
@@ -137,6 +137,34 @@ def build_mpcnn(bits: int | Mapping[str, int] = 8, act_bits: int = 8, seed: int 
     return MPCNN()
 
 
+def build_mpcnn_fp32(seed: int = 0):
+    """The same network in plain float torch (no quantizers; ReLU, the same residual and
+    pooling): the fp32 reference accuracy of the tiny config. Same layer names."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    class MPCNNFloat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+            self.b1c1 = nn.Conv2d(16, 16, 3, padding=1)
+            self.b1c2 = nn.Conv2d(16, 16, 3, padding=1)
+            self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+            self.b2c1 = nn.Conv2d(32, 32, 3, padding=1)
+            self.pool = nn.AvgPool2d(4, 4)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.conv1(x))
+            x = torch.relu(self.b1c2(torch.relu(self.b1c1(x))) + x)
+            x = torch.relu(self.b2c1(torch.relu(self.down(x))))
+            return self.fc(self.pool(x).flatten(1))
+
+    return MPCNNFloat()
+
+
 def layer_shapes() -> dict[str, dict[str, int]]:
     """Per quantized layer: ``oc``, ``k`` (inputs per output: ``ic·kh·kw``), ``pixels``
     (output positions per inference) and ``macs`` (``oc·k·pixels``) of the tiny config."""
@@ -164,7 +192,7 @@ class TrainResult:
     epochs: int
 
 
-def train_mpcnn(model, epochs: int = 10, lr: float = 5e-3, batch: int = 64, seed: int = 0,
+def train_mpcnn(model, epochs: int = 20, lr: float = 5e-3, batch: int = 64, seed: int = 0,
                 data=None, log=None) -> TrainResult:
     """Adam on the cross-entropy (QAT: the forward is Brevitas' fake-quantized one), cosine
     learning-rate decay, seeded shuffles; returns the final test accuracy (no selection on
