@@ -10,8 +10,9 @@ The co-design loop of :mod:`codesign.quantize.mixed_precision` on the ``mpcnn`` 
 3. **allocation**: the exact multiple-choice knapsack (dynamic programming; the greedy's
    answer is reported next to it) under the budget;
 4. **fine-tuning**: the chosen widths, started from the baseline's weights, QAT for
-   ``finetune_epochs``; the same fine-tuning for uniform 4-bit and uniform 8-bit, so the
-   table compares like with like;
+   ``finetune_epochs``; the same fine-tuning for uniform 4-bit, uniform 8-bit and the
+   widest uniform width within the budget (when that is neither), so the table compares
+   like with like;
 5. **export**: the mixed-precision model to QONNX (``model.onnx``, per-layer ``Quant`` bit
    widths), buildable with ``codesign build DIR/model.onnx``.
 
@@ -217,8 +218,13 @@ def quantize_mpcnn(budget: str, out: Path, force: bool = False, seed: int = 0, m
 
         configs = []
         chosen = None
-        for name, bits in (("mixed (MCKP)", exact.choice), ("uniform 4-bit", {n: 4 for n in M.LAYERS}),
-                           ("uniform 8-bit", {n: 8 for n in M.LAYERS})):
+        rows = [("mixed (MCKP)", exact.choice), ("uniform 4-bit", {n: 4 for n in M.LAYERS}),
+                ("uniform 8-bit", {n: 8 for n in M.LAYERS})]
+        # the widest uniform width within the budget: the like-for-like alternative
+        fits = [b for b in CANDIDATE_BITS if math.fsum(cost(n, b) for n in M.LAYERS) <= total * (1 + 1e-12)]
+        if fits and max(fits) not in (4, 8):
+            rows.append((f"uniform {max(fits)}-bit", {n: max(fits) for n in M.LAYERS}))
+        for name, bits in rows:
             say(f"fine-tune {name}: {finetune_epochs} epochs")
             m = M.with_bits(base, bits, seed=seed)
             r = M.train_mpcnn(m, epochs=finetune_epochs, lr=1e-3, seed=seed + 1, data=data)
@@ -243,8 +249,8 @@ def quantize_mpcnn(budget: str, out: Path, force: bool = False, seed: int = 0, m
                    stage / "model.pt")
         (stage / "quantize.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         (stage / "quantize.md").write_text(_markdown(result), encoding="utf-8")
-    mixed, u4, u8 = configs
+    mixed = configs[0]
     summary = (f"mixed {', '.join(str(exact.choice[n]) for n in M.LAYERS)} bits: {100 * mixed['test_acc']:.2f} % "
-               f"at {mixed['cost']:.6g} {unit} (budget {total:.6g}); uniform 4-bit {100 * u4['test_acc']:.2f} % "
-               f"at {u4['cost']:.6g}; uniform 8-bit {100 * u8['test_acc']:.2f} % at {u8['cost']:.6g}")
+               f"at {mixed['cost']:.6g} {unit} (budget {total:.6g}); "
+               + "; ".join(f"{c['name']} {100 * c['test_acc']:.2f} % at {c['cost']:.6g}" for c in configs[1:]))
     return QuantizeRun(Path(out), summary, ["quantize.json", "quantize.md", "model.onnx", "model.pt"], result)
