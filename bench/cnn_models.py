@@ -5,8 +5,9 @@
 Accuracy on scikit-learn's digits (first 1400 train, 397 test; one torch thread, seed 0):
 
 * mpcnn fp32 (plain torch twin), and through ``codesign quantize mpcnn --budget
-  avg-bits=3.5``: the mixed-precision allocation (Hessian HVP sensitivity + exact MCKP) next
-  to uniform 4- and 8-bit weights, all fine-tuned alike from the same 8-bit baseline;
+  avg-bits=B`` for B in 3, 3.5, 4, 5: the mixed-precision allocation (Hessian HVP
+  sensitivity + exact MCKP) next to uniform 4- and 8-bit weights and the widest uniform
+  width within the budget, all fine-tuned alike from the same 8-bit baseline;
 * ``codesign prune mpcnn``: ALCS (SIMD-group ADMM under latency budgets) against
   unstructured magnitude pruning at the same density;
 * the Bi-Real BNN with and without the latent-weight branch (``codesign train bnn``; three
@@ -54,14 +55,18 @@ def main(argv=None) -> int:
         fp = M.build_mpcnn_fp32(0)
         r = M.train_mpcnn(fp, epochs=ep, seed=0)
         print(f"  fp32 (torch twin)                {_pct(r.test_acc)}")
-        q = quantize_mpcnn("avg-bits=3.5", td / "q", epochs=ep, finetune_epochs=1 if args.quick else 4).result
-        bits = q["allocation"]["exact"]["choice"]
-        for c in q["configs"]:
-            b = ", ".join(str(c["bits"][n]) for n in M.LAYERS)
-            print(f"  {c['name']:15s} [{b}]  {_pct(c['test_acc'])}  {c['cost']:>9,.0f} weight bits "
-                  f"({'within' if c['within_budget'] else 'over'} the 3.5-bit budget)")
-        print(f"  (8-bit baseline before fine-tuning {_pct(q['baseline_test_acc'])}; greedy MCKP picks "
-              f"{[q['allocation']['greedy']['choice'][n] for n in M.LAYERS]}, exact {[bits[n] for n in M.LAYERS]})")
+        print("  mixed precision vs uniform widths, by average-bits budget (MCKP exact; all rows fine-tuned alike)")
+        for budget in ((3.5,) if args.quick else (3.0, 3.5, 4.0, 5.0)):
+            q = quantize_mpcnn(f"avg-bits={budget}", td / f"q{budget}", epochs=ep,
+                               finetune_epochs=1 if args.quick else 4).result
+            for c in q["configs"]:
+                b = ", ".join(str(c["bits"][n]) for n in M.LAYERS)
+                print(f"    {budget:4.1f} bits  {c['name']:15s} [{b}]  {_pct(c['test_acc'])}  {c['cost']:>9,.0f} weight "
+                      f"bits ({'within' if c['within_budget'] else 'over'} budget)")
+            g = [q["allocation"]["greedy"]["choice"][n] for n in M.LAYERS]
+            print(f"    {'':9s}  (greedy MCKP: {g}, Omega {q['allocation']['greedy']['omega']:.4g} vs exact "
+                  f"{q['allocation']['exact']['omega']:.4g})")
+        print(f"  (8-bit baseline before fine-tuning {_pct(q['baseline_test_acc'])})")
         p = prune_mpcnn("0.05,0.1,0.15,0.2", td / "p", epochs=ep, admm_iters=2 if args.quick else 4,
                         finetune_epochs=1 if args.quick else 5).result
         print(f"  pruning (sparse MVAU {p['pe']}x{p['simd']} at {p['clock_mhz']:g} MHz; dense "
