@@ -20,6 +20,10 @@ run concurrently and stream into each other. Folding = ``(PE, SIMD)`` per layer.
   (``bench/dataflow_crosscheck.py``, ``accel/dataflow_calibration.json``; Yosys's
   ``synth_xilinx`` is a proxy for Vivado, see codesign.sim.yosys). The SWU has no RTL here:
   its line buffer is sized exactly, its logic is a first-principles estimate.
+* **Pooling** (:class:`Pool`, ``sim/rtl/pool.v``): a max-pool unit fed by a layer's output
+  stream (``Layer.pool``), ``P = PE`` channels per beat; its cycles are pool.v's exact
+  model (:func:`pool_cycles`, tests/test_rtl_pool.py), its resources a Yosys-fitted
+  model (:func:`pool_resources`, ``bench/dataflow_crosscheck.py``).
 * **Search** (:func:`search`): per layer ``PE | MH`` and ``SIMD | MW`` (``SIMD | C`` under
   a sliding window, as FINN's SWU needs); minimise II within ``limit`` of the board's
   LUT/FF/DSP/BRAM18 (default 85 %), or meet a target frame rate at minimum LUTs. Exact:
@@ -42,15 +46,19 @@ from codesign.accel.boards import Board, get_board
 from codesign.accel.engine import Res, bram18_count, ceil_div, lutram_luts
 
 __all__ = [
-    "D_MVAU", "MODES", "RES_TYPES", "COEFFS", "coefficients", "Window", "Layer", "LayerCost",
+    "D_MVAU", "D_POOL", "MODES", "RES_TYPES", "COEFFS", "coefficients", "Window", "Pool", "Layer", "LayerCost",
     "DataflowEstimate", "SearchResult", "mvau_cycles", "mvau_stream_cycles", "swu_read_cycles",
     "window_fill_cycles", "layer_cycles", "dataflow_cycles", "widths", "mult_on_dsp", "memory",
     "mvau_resources", "swu_resources", "layer_resources", "evaluate", "candidates", "search",
+    "pool_stream_cycles", "pool_cycles", "pool_fill_cycles", "pool_resources",
 ]
 
 #: mvau.v's pipeline depth in the cycle model: issue slot + R1 (operands) .. R5 (output
 #: register) and the sink taking the beat at the next edge (see the RTL's header).
 D_MVAU = 5
+#: pool.v's pipeline depth in its cycle model: R1 and R2 after the slot, the sink taking
+#: the beat at the next edge (see the RTL's header).
+D_POOL = 2
 MODES = ("binary", "lowbit")
 RES_TYPES = ("auto", "lut", "dsp")
 
@@ -85,6 +93,16 @@ COEFFS: dict[str, float] = {
     "swu_lut_base": 120.0,
     "swu_ff_base": 100.0,
     "swu_lut_per_bit": 1.0,
+    # --- pool unit (pool.v): lane-wise max, per bit of each of the 2·(K-1)·P two-input
+    # maxima (horizontal taps and buffered rows); ABC merges 1- and 2-bit maxima into few
+    # LUTs, wider ones need a comparator and a mux per bit  [Yosys fit]
+    "lut_pool_max_per_bit_wide": 2.7,
+    "lut_pool_max_per_bit_narrow": 0.8,
+    # --- pool unit: slot counters, padding test, window-closing comparisons  [Yosys fit]
+    "lut_pool_control": 55.0,
+    # --- pool unit: delay-line segments deeper than this many words are shift registers
+    # (Yosys shregmap: SRL16E/SRLC32E, one per bit per 32 words), shallower ones FFs  [Yosys]
+    "pool_srl_min_depth": 3.0,
 }
 
 
@@ -137,6 +155,40 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Pool:
+    """A ``k x k`` max-pooling unit (``sim/rtl/pool.v``) over a ``C``-channel
+    ``ifm_h x ifm_w`` stream of ``bits``-bit codes, ``stride``, symmetric ``pad < k``
+    holding lo (docs/arithmetic.md §9; square window, equal strides: pool.v's
+    parameters). Its lanes per beat are the feeding layer's ``PE``."""
+
+    name: str
+    C: int
+    ifm_h: int
+    ifm_w: int
+    k: int
+    stride: int
+    pad: int = 0
+    bits: int = 8
+
+    def __post_init__(self) -> None:
+        if min(self.C, self.ifm_h, self.ifm_w, self.k, self.stride) < 1 or not 0 <= self.pad < self.k:
+            raise ValueError(f"pool {self.name!r}: need C, ifm_h, ifm_w, k, stride >= 1 and 0 <= pad < k, "
+                             f"got {self}")
+        if not 1 <= self.bits <= 8:
+            raise ValueError(f"pool {self.name!r}: bits={self.bits}; pool.v takes 1..8-bit codes")
+        if self.ifm_h + 2 * self.pad < self.k or self.ifm_w + 2 * self.pad < self.k:
+            raise ValueError(f"pool {self.name!r}: the {self.k}x{self.k} window does not fit the padded input")
+
+    @property
+    def ofm_h(self) -> int:
+        return (self.ifm_h + 2 * self.pad - self.k) // self.stride + 1
+
+    @property
+    def ofm_w(self) -> int:
+        return (self.ifm_w + 2 * self.pad - self.k) // self.stride + 1
+
+
+@dataclass(frozen=True)
 class Layer:
     """One MVAU layer: an ``MH x MW`` matrix applied to ``vectors`` input vectors per
     inference (output pixels; 1 for a fully connected layer). ``WB``/``AB``: weight and
@@ -144,7 +196,9 @@ class Layer:
     "lowbit"; ``out_bits``: output code bits, thresholds ``NT = 2^out_bits - 1`` (0: the
     raw accumulator, no thresholds); ``res_type``: products in "lut", "dsp" or "auto"
     (:func:`mult_on_dsp`); ``window``: the SWU feeding it (then ``MW = k·k·C`` and
-    ``vectors = ofm_h·ofm_w``)."""
+    ``vectors = ofm_h·ofm_w``); ``pool``: a max-pooling unit fed by the layer's output
+    stream (then ``pool.C = MH`` and ``pool.ifm_h·pool.ifm_w = vectors``; it takes the
+    MVAU's ``PE`` lanes per beat)."""
 
     name: str
     MH: int
@@ -157,6 +211,7 @@ class Layer:
     out_bits: int = 1
     res_type: str = "auto"
     window: Window | None = None
+    pool: Pool | None = None
 
     def __post_init__(self) -> None:
         where = f"layer {self.name!r}"
@@ -180,6 +235,10 @@ class Layer:
         if w is not None and (self.MW != w.k * w.k * w.C or self.vectors != w.ofm_h * w.ofm_w):
             raise ValueError(f"{where}: with a {w.k}x{w.k}x{w.C} window MW must be {w.k * w.k * w.C} "
                              f"and vectors {w.ofm_h * w.ofm_w}, got MW={self.MW}, vectors={self.vectors}")
+        pl = self.pool
+        if pl is not None and (pl.C != self.MH or pl.ifm_h * pl.ifm_w != self.vectors):
+            raise ValueError(f"{where}: its pool {pl.name!r} must take C = MH = {self.MH} channels of "
+                             f"{self.vectors} pixels, got C={pl.C}, {pl.ifm_h}x{pl.ifm_w}")
         if widths(self)["ACC_W"] > 30:
             raise ValueError(f"{where}: needs a {widths(self)['ACC_W']}-bit accumulator; mvau.v supports 30")
 
@@ -217,12 +276,53 @@ def window_fill_cycles(window: Window | None, SIMD):
     return ((window.k - 1) * (window.ifm_w + 2 * window.pad) + window.k) * ceil_div(window.C, SIMD)
 
 
+def pool_stream_cycles(pool: Pool, P):
+    """Cycles the pool unit is busy per image with ``P`` lanes: one slot per (row, column,
+    channel group) of the padded grid, ``(ifm_h + 2·pad)·(ifm_w + 2·pad)·ceil(C/P)``."""
+    return (pool.ifm_h + 2 * pool.pad) * (pool.ifm_w + 2 * pool.pad) * ceil_div(pool.C, P)
+
+
+def pool_cycles(pool: Pool, P, images: int = 1) -> int:
+    """pool.v's exact cycles for ``images`` images offered back to back, output never
+    stalled, first input beat accepted to last output beat accepted (inclusive), in
+    closed form: with ``CF = ceil(C/P)``, ``WP = ifm_w + 2·pad``, ``L_r = (ofm_h-1)·stride
+    + k - 1`` and ``L_c = (ofm_w-1)·stride + k - 1`` (the padded row and column closing the
+    last window),
+
+    ``(images - 1)·pool_stream_cycles + ((L_r - pad)·WP + L_c - pad + 1)·CF + D_POOL``
+
+    (= sim/rtl/pool.v's header and ``codesign.sim.rtl_pool.pool_cycles``, which the tests
+    compare with this function and with simulation)."""
+    if images < 1:
+        raise ValueError(f"pool_cycles: images={images} must be >= 1")
+    CF = ceil_div(pool.C, P)
+    WP = pool.ifm_w + 2 * pool.pad
+    L_r = (pool.ofm_h - 1) * pool.stride + pool.k - 1
+    L_c = (pool.ofm_w - 1) * pool.stride + pool.k - 1
+    return int((images - 1) * pool_stream_cycles(pool, P) + ((L_r - pool.pad) * WP + L_c - pool.pad + 1) * CF
+               + D_POOL)
+
+
+def pool_fill_cycles(pool: Pool | None, P):
+    """Slots from the pool's first input beat to its first output's slot (the first
+    window's last row and column), plus ``D_POOL``; 0 without a pool."""
+    if pool is None:
+        return 0
+    WP = pool.ifm_w + 2 * pool.pad
+    k1 = pool.k - 1 - pool.pad
+    return (k1 * WP + k1 + 1) * ceil_div(pool.C, P) + D_POOL
+
+
 def layer_cycles(layer: Layer, PE, SIMD):
     """Cycles per inference of one layer: the MVAU's ``NF·SF·V``, or the SWU's input read
-    when that is longer (stride > 1 reads more pixels than it produces)."""
+    when that is longer (stride > 1 reads more pixels than it produces), or the pool
+    unit's slots (:func:`pool_stream_cycles` with ``P = PE``) when that is longer (its
+    padding slots)."""
     c = mvau_stream_cycles(layer.MH, layer.MW, PE, SIMD, layer.vectors)
     if layer.window is not None:
         c = np.maximum(c, swu_read_cycles(layer.window, SIMD))
+    if layer.pool is not None:
+        c = np.maximum(c, pool_stream_cycles(layer.pool, PE))
     return c
 
 
@@ -235,7 +335,8 @@ def dataflow_cycles(layers: Sequence[Layer], folding: Sequence[tuple[int, int]])
       ``ii`` cycles, so ``n`` inferences take ``latency + (n - 1)·ii``;
     * ``latency``: one inference through an empty pipeline, estimated as
       ``ii + Σ_l (D_MVAU + window_fill_l) + Σ_{l ≠ bottleneck} NF_l·SF_l``: the bottleneck
-      streams for ``ii`` cycles; every layer adds its pipeline depth and its SWU's fill,
+      streams for ``ii`` cycles; every layer adds its pipeline depth, its SWU's fill and
+      its pool unit's fill (:func:`pool_fill_cycles`),
       and every other layer one vector's processing (it must still process the last
       vector it receives). Exact for one layer without a window (= :func:`mvau_cycles`);
       for a chain it assumes each layer starts as soon as its first vector is complete;
@@ -246,7 +347,8 @@ def dataflow_cycles(layers: Sequence[Layer], folding: Sequence[tuple[int, int]])
     cyc = [int(layer_cycles(l, pe, simd)) for l, (pe, simd) in zip(layers, folding)]
     ii = max(cyc)
     b = cyc.index(ii)
-    fills = [D_MVAU + window_fill_cycles(l.window, simd) for l, (_, simd) in zip(layers, folding)]
+    fills = [D_MVAU + window_fill_cycles(l.window, simd) + pool_fill_cycles(l.pool, pe)
+             for l, (pe, simd) in zip(layers, folding)]
     vec = [ceil_div(l.MH, pe) * ceil_div(l.MW, simd) for l, (pe, simd) in zip(layers, folding)]
     latency = ii + sum(fills) + sum(v for i, v in enumerate(vec) if i != b)
     return {"layer_cycles": cyc, "ii": ii, "bottleneck": b, "latency": int(latency),
@@ -368,9 +470,43 @@ def swu_resources(layer: Layer, SIMD: int, coeffs: Mapping[str, float] | None = 
                      ff=c["swu_ff_base"] + SIMD * layer.AB)
 
 
+def pool_resources(pool: Pool | None, P: int, coeffs: Mapping[str, float] | None = None,
+                   parts: bool = False) -> Res | dict[str, Res]:
+    """Resources of one pool.v instance with ``P`` lanes (nothing without a pool), by its
+    structure: the delay line (``K-1`` segments of ``CF`` words of ``P·B`` bits: FFs when
+    shallow, else shift registers), the ``K-1`` line buffers (``OW·CF`` words, LUTRAM or
+    RAMB18 by :func:`memory`; the read register is in the RAMB18 when they are), the
+    ``2·(K-1)·P`` lane maxima, the R1/R2 registers and the counters (bit by bit from the
+    RTL). ``parts``: the components by name."""
+    if pool is None:
+        return {} if parts else Res()
+    c = COEFFS if coeffs is None else coeffs
+    CF = ceil_div(pool.C, P)
+    LW = P * pool.bits
+    K1 = pool.k - 1
+    WP, HP = pool.ifm_w + 2 * pool.pad, pool.ifm_h + 2 * pool.pad
+    out: dict[str, Res] = {}
+    if K1 == 0:
+        out["delay_line"] = Res()
+    elif CF >= c["pool_srl_min_depth"]:
+        out["delay_line"] = Res(lut=K1 * LW * ceil_div(CF, 32))
+    else:
+        out["delay_line"] = Res(ff=K1 * CF * LW)
+    lb = memory(pool.ofm_w * CF, LW, c) if K1 else Res()
+    out["line_buffers"] = (lb + Res(ff=0 if lb.bram18 else LW)) * K1
+    per_bit = c["lut_pool_max_per_bit_wide"] if pool.bits >= 3 else c["lut_pool_max_per_bit_narrow"]
+    out["maxima"] = Res(lut=per_bit * 2 * K1 * P * pool.bits)
+    out["registers"] = Res(ff=2 * LW)  # r1_h, m_tdata
+    cfa, lba, pha = _clog2(CF), _clog2(pool.ofm_w * CF), _clog2(max(1, K1))
+    xa, ya = max(1, (WP + pool.stride).bit_length()), max(1, (HP + pool.stride).bit_length())
+    out["control"] = Res(lut=c["lut_pool_control"], ff=cfa + 2 * xa + 2 * ya + lba + pha + 5)
+    return out if parts else sum(out.values(), Res())
+
+
 def layer_resources(layer: Layer, PE: int, SIMD: int, coeffs: Mapping[str, float] | None = None) -> Res:
-    """MVAU + SWU of one layer."""
-    return mvau_resources(layer, PE, SIMD, coeffs) + swu_resources(layer, SIMD, coeffs)
+    """MVAU + SWU + pool unit (``P = PE``) of one layer."""
+    return (mvau_resources(layer, PE, SIMD, coeffs) + swu_resources(layer, SIMD, coeffs)
+            + pool_resources(layer.pool, PE, coeffs))
 
 
 # ---------------------------------------------------------------------------------------

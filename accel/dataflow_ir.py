@@ -43,7 +43,16 @@ Mapping (per image: the IR's batch axis 0 is never counted):
 
   A bias is folded into the thresholds (mvau.v has no bias input, docs/dataflow.md §1);
   without a threshold stage the bias add is not costed (a note says so).
-* Everything else — pools, ``add``, ``softmax``, ``layernorm``, ``lut``, the structural
+* ``maxpool2d``: a pool unit (``sim/rtl/pool.v``, :class:`~codesign.accel.dataflow.Pool`)
+  attached to the layer whose output codes it pools (``Layer.pool``; it takes the MVAU's
+  ``PE`` lanes per beat, so the folding search costs it with each candidate ``PE``), found
+  by following the pool's input back through single-consumer structural ops to a layer's
+  output stage. Needs a square window, equal strides, one symmetric pad, a layer with
+  thresholds (codes of 1..8 bits, not a raw accumulator) that feeds only this pool, and
+  ``C = MH``, ``H·W = vectors``; otherwise the pool stays in ``not_modelled`` with the
+  reason. :func:`layers_from_ir` returns the layers **without** their pools (as before
+  pools were costed); :func:`map_ir`'s ``layers`` carry them.
+* Everything else — average pools, ``add``, ``softmax``, ``layernorm``, ``lut``, the structural
   ops (``transpose``, ``reshape``, …), requants and thresholds that do not follow a layer,
   and the host's ``quantize``/``dequantize`` — is listed in ``not_modelled`` with its name
   and a reason; its cost is not estimated. A layer whose widths mvau.v cannot hold (e.g. an
@@ -54,17 +63,19 @@ numpy only (through the IR and the dataflow model).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from codesign.accel.dataflow import Layer, Window
+from codesign.accel.dataflow import Layer, Pool, Window
 
-__all__ = ["MappedLayer", "DataflowMapping", "map_ir", "layers_from_ir", "LAYER_OPS", "STAGE_OPS"]
+__all__ = ["MappedLayer", "DataflowMapping", "map_ir", "layers_from_ir", "LAYER_OPS", "STAGE_OPS", "POOL_OPS"]
 
 #: IR ops that become a dataflow layer (an MVAU).
 LAYER_OPS = ("conv2d", "matmul", "xnor_popcount")
 #: IR ops that become a layer's output stage (its thresholds).
 STAGE_OPS = ("threshold", "requant")
+#: IR ops that become a pool unit attached to a layer.
+POOL_OPS = ("maxpool2d",)
 #: Ops followed from an accumulator to its output stage (they move codes only).
 _PASS_OPS = ("transpose", "reshape", "flatten", "identity")
 #: mvau.v's largest threshold count per channel (``NT <= 255``, 8-bit outputs).
@@ -84,6 +95,7 @@ class MappedLayer:
     stage: str | None
     stage_kind: str | None
     between: tuple[str, ...] = ()
+    pool: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The mapping as plain JSON values (window as a dict or ``None``)."""
@@ -94,7 +106,10 @@ class MappedLayer:
                 "out_bits": l.out_bits, "NT": l.NT, "output_stage": self.stage,
                 "window": None if w is None else {"k": w.k, "C": w.C, "ifm_h": w.ifm_h, "ifm_w": w.ifm_w,
                                                   "stride": w.stride, "pad": w.pad,
-                                                  "line_buffer": w.buffer_elems}}
+                                                  "line_buffer": w.buffer_elems},
+                "pool": None if l.pool is None else {"op": self.pool, "k": l.pool.k, "stride": l.pool.stride,
+                                                     "pad": l.pool.pad, "C": l.pool.C, "ifm_h": l.pool.ifm_h,
+                                                     "ifm_w": l.pool.ifm_w, "bits": l.pool.bits}}
 
 
 @dataclass
@@ -273,6 +288,49 @@ def _reason(op, wide: dict[str, str]) -> str:
     return f"no {op.op} unit in the dataflow model"
 
 
+def _attach_pool(g: _Graph, op, out: DataflowMapping, used: dict[str, str]) -> str | None:
+    """Attach maxpool ``op`` to the layer whose output it pools (module docstring); returns
+    None on success, else the one-line reason it is not modelled."""
+    producer = {t: o for o in g.ir.ops for t in o.outputs}
+    t = op.inputs[0]
+    while True:
+        src = producer.get(t)
+        if src is None:
+            return "maxpool2d of a graph input: no layer to attach the pool unit to"
+        if len(g.consumers.get(t, [])) != 1:
+            return f"maxpool2d input {t} has several consumers: the pool unit takes a layer's only output stream"
+        if src.name in used:
+            break
+        if src.op in _PASS_OPS and len(src.outputs) == 1:
+            t = src.inputs[0]
+            continue
+        return f"maxpool2d fed by {src.op} {src.name}, not by a conv2d/matmul layer's output stage"
+    idx = next(i for i, m in enumerate(out.layers) if m.op == used[src.name])
+    m = out.layers[idx]
+    L = m.layer
+    if m.stage is None or src.name != m.stage or L.out_bits == 0:
+        return f"maxpool2d of {m.op}'s accumulators: the pool unit takes codes of 1..8 bits (a threshold stage)"
+    if L.pool is not None:
+        return f"{m.op} already feeds pool {m.pool}"
+    k = [int(v) for v in op.attrs.get("kernel", [])]
+    st = [int(v) for v in op.attrs.get("stride", k)]
+    pd = [int(v) for v in op.attrs.get("pad", [0, 0])]
+    if len(k) != 2 or k[0] != k[1] or st[0] != st[1] or pd[0] != pd[1]:
+        return f"maxpool2d kernel {k}, stride {st}, pad {pd}: pool.v takes a square window, equal strides, one pad"
+    xs = g.shape(op.inputs[0])
+    if len(xs) != 4:
+        return f"maxpool2d input shape {xs}: expected NCHW"
+    _, C, H, W = (int(v) for v in xs)
+    try:
+        pool = Pool(op.name, C=C, ifm_h=H, ifm_w=W, k=k[0], stride=st[0], pad=pd[0], bits=L.out_bits)
+        layer = replace(L, pool=pool)
+    except ValueError as e:
+        return str(e).splitlines()[0]
+    out.layers[idx] = replace(m, layer=layer, pool=op.name)
+    used[op.name] = m.op
+    return None
+
+
 def map_ir(ir) -> DataflowMapping:
     """Map ``ir`` (an :class:`~codesign.accel.ir.IR`, or any object with ``ops``,
     ``tensors`` and ``constants`` alike) onto dataflow layers (module docstring). Never
@@ -324,6 +382,14 @@ def map_ir(ir) -> DataflowMapping:
                                       stage=None if stage is None else stage.name,
                                       stage_kind=None if stage is None else stage.op,
                                       between=tuple(p.name for p in passed)))
+    for op in ir.ops:
+        if op.op in POOL_OPS and getattr(op, "target", "accel") != "host" and op.name not in used:
+            try:
+                why = _attach_pool(g, op, out, used)
+            except (KeyError, IndexError, TypeError, ValueError) as e:  # malformed: reported, never fatal
+                why = f"cannot be mapped ({type(e).__name__}: {e})".splitlines()[0]
+            if why is not None:
+                wide[op.name] = why
     failed = {d["name"] for d in out.not_modelled}
     rest = [{"name": op.name, "op": op.op, "target": getattr(op, "target", "accel"), "reason": _reason(op, wide)}
             for op in ir.ops if op.name not in used and op.name not in failed]
@@ -333,5 +399,6 @@ def map_ir(ir) -> DataflowMapping:
 
 
 def layers_from_ir(ir) -> list[Layer]:
-    """The dataflow layers of ``ir``, in IR op order (:func:`map_ir`'s ``layers``)."""
-    return [m.layer for m in map_ir(ir).layers]
+    """The dataflow's MVAU layers of ``ir``, in IR op order (:func:`map_ir`'s ``layers``),
+    without the pool units :func:`map_ir` attaches (``pool = None``)."""
+    return [replace(m.layer, pool=None) for m in map_ir(ir).layers]

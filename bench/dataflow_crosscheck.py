@@ -15,6 +15,10 @@ the same tools and sources give the same file). ``--fit`` prints the least-squar
 of the Yosys-fitted LUT coefficients (relative errors) from which ``COEFFS`` was set.
 ``OUT_BIAS`` is 0 in every configuration: Yosys's ``chparam`` does not take negative
 values, and the constant it adds costs nothing measurable.
+
+The pooling unit ``sim/rtl/pool.v`` is checked the same way at :data:`POOL_CONFIGS`
+against :func:`codesign.accel.dataflow.pool_resources` (key ``pool_configs`` of the
+calibration file; kept apart from ``configs``, which are the MVAU's).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import numpy as np
 
 from codesign.accel import dataflow as D
 
-__all__ = ["CONFIGS", "CALIBRATION_PATH", "THRESHOLD", "layer_of", "model_counts", "yosys_counts",
+__all__ = ["CONFIGS", "POOL_CONFIGS", "pool_of", "pool_crosscheck", "CALIBRATION_PATH", "THRESHOLD", "layer_of", "model_counts", "yosys_counts",
            "crosscheck", "calibration_doc", "fit"]
 
 CALIBRATION_PATH = Path(D.__file__).resolve().parent / "dataflow_calibration.json"
@@ -46,6 +50,41 @@ CONFIGS: dict[str, dict[str, int]] = {
     "w4a4 64x32 PE8 SIMD4 NT3": dict(MH=64, MW=32, PE=8, SIMD=4, WB=4, AB=4, NT=3),
     "w8a8 dsp 16x64 PE2 SIMD8 NT15": dict(MH=16, MW=64, PE=2, SIMD=8, WB=8, AB=8, RESTYPE=1, NT=15),
 }
+
+
+#: id -> pool.v parameters: LUTRAM line buffers (8-bit), a RAMB18 line buffer, a 3x3
+#: window with padding on 1 lane group (delay line in FFs), 3x3/2 with padding (shift
+#: registers), bipolar (1-bit) codes.
+POOL_CONFIGS: dict[str, dict[str, int]] = {
+    "pool 2x2/2 C64 P4 int8 16x16": dict(C=64, P=4, H=16, W=16, K=2, S=2, PAD=0, B=8, SIGNED=1),
+    "pool 2x2/2 C256 P4 uint4 32x32 (BRAM)": dict(C=256, P=4, H=32, W=32, K=2, S=2, PAD=0, B=4, SIGNED=0),
+    "pool 3x3/1 p1 C16 P16 int2 8x8": dict(C=16, P=16, H=8, W=8, K=3, S=1, PAD=1, B=2, SIGNED=1),
+    "pool 3x3/2 p1 C64 P8 int8 16x16": dict(C=64, P=8, H=16, W=16, K=3, S=2, PAD=1, B=8, SIGNED=1),
+    "pool 2x2/2 C64 P8 bipolar 16x16": dict(C=64, P=8, H=16, W=16, K=2, S=2, PAD=0, B=1, SIGNED=0),
+}
+
+
+def pool_of(p: Mapping[str, int]) -> tuple[D.Pool, int]:
+    """The cost model's pool and lane count for pool.v parameters ``p``."""
+    return D.Pool("pool", C=p["C"], ifm_h=p["H"], ifm_w=p["W"], k=p["K"], stride=p["S"], pad=p["PAD"],
+                  bits=p["B"]), p["P"]
+
+
+def pool_crosscheck(ids=None) -> list[dict[str, Any]]:
+    """One row per pool configuration: parameters, Yosys counts, model counts, ratios."""
+    from codesign.sim.yosys import synth
+
+    rows = []
+    for cid, p in POOL_CONFIGS.items():
+        if ids and cid not in ids:
+            continue
+        c = synth("pool", ["pool.v"], p)
+        y = {"lut": c.lut, "ff": c.ff, "dsp": c.dsp, "bram18": c.bram18, "carry": c.carry}
+        r = D.pool_resources(*pool_of(p)).rounded()
+        m = {k: int(r[k]) for k in KEYS}
+        rows.append({"id": cid, "params": dict(sorted(p.items())), "yosys": y, "model": m,
+                     "ratio": {k: _ratio(m[k], y[k]) for k in KEYS}})
+    return rows
 
 
 def layer_of(p: Mapping[str, int]) -> D.Layer:
@@ -89,11 +128,16 @@ def crosscheck(ids=None) -> list[dict[str, Any]]:
     return rows
 
 
-def calibration_doc(rows) -> dict[str, Any]:
-    return {"about": "Yosys synthesis of sim/rtl/mvau.v against accel/dataflow.py's mvau_resources "
-                     "(bench/dataflow_crosscheck.py --write). ratio = model / Yosys; lut counts LUTRAM in LUTs.",
-            "threshold": THRESHOLD, "coefficients": {k: D.COEFFS[k] for k in sorted(D.COEFFS)},
-            "configs": rows}
+def calibration_doc(rows, pool_rows=None) -> dict[str, Any]:
+    doc = {"about": "Yosys synthesis of sim/rtl/mvau.v against accel/dataflow.py's mvau_resources "
+                    "(configs) and of sim/rtl/pool.v against pool_resources (pool_configs) "
+                    "(bench/dataflow_crosscheck.py --write). ratio = model / Yosys; lut counts LUTRAM and "
+                    "shift registers in LUTs.",
+           "threshold": THRESHOLD, "coefficients": {k: D.COEFFS[k] for k in sorted(D.COEFFS)},
+           "configs": rows}
+    if pool_rows is not None:
+        doc["pool_configs"] = pool_rows
+    return doc
 
 
 def fit() -> dict[str, float]:
@@ -125,9 +169,10 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", action="store_true", help="print the least-squares LUT coefficients")
     args = ap.parse_args(argv)
     rows = crosscheck()
+    pool_rows = pool_crosscheck()
     bad = 0
     print(f"{'configuration':40s} " + " ".join(f"{k:>17s}" for k in KEYS))
-    for r in rows:
+    for r in rows + pool_rows:
         cells = []
         for k in KEYS:
             ok = abs(r["ratio"][k] - 1) <= THRESHOLD
@@ -137,7 +182,7 @@ def main(argv=None) -> int:
     if args.fit:
         print("fit:", fit())
     if args.write:
-        CALIBRATION_PATH.write_text(json.dumps(calibration_doc(rows), indent=1, sort_keys=True) + "\n")
+        CALIBRATION_PATH.write_text(json.dumps(calibration_doc(rows, pool_rows), indent=1, sort_keys=True) + "\n")
         print(f"wrote {CALIBRATION_PATH}")
     print(f"{bad} ratio(s) outside 1 ± {THRESHOLD}")
     return 1 if bad else 0
