@@ -134,7 +134,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     try:
         res = flow.build(args.model, board, out=args.out, config=args.config, force=args.force,
                          csim=not args.no_csim, seed=args.seed, clock_mhz=args.clock, progress=_progress,
-                         weights=args.weights, sparse=_sparse_arg(args.sparse))
+                         weights=args.weights, sparse=_sparse_arg(args.sparse),
+                         target_fps=_fps_arg(args.target_fps))
     except flow.FlowError as exc:
         raise CliError(str(exc), exc.code) from None
     except _flow_errors() as exc:
@@ -143,6 +144,21 @@ def _cmd_build(args: argparse.Namespace) -> int:
     csim = f"csim skipped ({c['skipped']})" if c.get("skipped") else f"csim passed ({c['cases']} cases)"
     print(f"built {res.out}: {csim}; report: {res.out / 'report.md'}")
     return EXIT_OK
+
+
+def _fps_arg(text: str | None) -> float | None:
+    """``--target-fps``: a finite number > 0 (one-line usage error otherwise)."""
+    import math
+
+    if text is None:
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        raise CliError(f"--target-fps {text!r}: expected a frame rate in frames per second (e.g. 1e5)") from None
+    if not 0 < v < math.inf:
+        raise CliError(f"--target-fps {text!r}: the frame rate must be a positive, finite number")
+    return v
 
 
 def _sparse_arg(text: str | None) -> tuple[int, int] | None:
@@ -322,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_build.add_argument("--sparse", metavar="PE,SIMD",
                          help="emit pruned conv/linear layers (at most 75 %% of PE x SIMD weight blocks "
                               "non-zero) as block-sparse MVAUs that skip the zero blocks")
+    p_build.add_argument("--target-fps", default=None, metavar="FPS",
+                         help="CNN/MLP/BNN builds: fold every layer to reach this frame rate with the fewest "
+                              "LUTs (default: the fastest folding within 85%% of the board); an unreachable "
+                              "rate is an error")
     p_build.set_defaults(func=_cmd_build)
 
     p_train = sub.add_parser(

@@ -9,7 +9,11 @@
 3. **golden**: :func:`~codesign.sim.run_ir.run_reference` on a few deterministic inputs
    → ``golden/`` (inputs and outputs as ``.npy``, ``golden.json``);
 4. **emit**: HLS C++ project → ``hls/`` (``codesign.hls.emit``; skipped, and said so in
-   the report, where the emitter is not installed yet);
+   the report, where the emitter is not installed yet). CNN / MLP / BNN builds first run
+   the dataflow folding search (:func:`codesign.accel.folding.plan`; ``target_fps``: the
+   fewest LUTs meeting that rate) and emit every matmul / conv2d kernel with the chosen
+   (PE, SIMD) (or the nearest folding the kernel accepts); the report shows the same search
+   and, per layer, the folding actually emitted (``dataflow.emitted_folding``);
 5. **csim**: g++ C-simulation of the project against the golden vectors (``csim=False``
    skips it); any mismatch fails the build (:class:`CsimMismatchError`, exit 1);
 6. **report**: ``report.json`` and ``report.md`` (:mod:`codesign.accel.report`).
@@ -32,6 +36,7 @@ Heavy modules (torch, onnx, qonnx) are imported inside the functions.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -462,8 +467,13 @@ def _golden(front: _Front, ir, seed: int, gdir: Path) -> tuple[dict, dict, dict,
 def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike | None = None,
           config: str = "tiny", force: bool = False, csim: bool = True, seed: int = 0,
           clock_mhz: float = DEFAULT_CLOCK_MHZ, progress: Callable[[str], None] | None = None,
-          weights: str | os.PathLike | None = None, sparse: tuple[int, int] | None = None) -> BuildResult:
+          weights: str | os.PathLike | None = None, sparse: tuple[int, int] | None = None,
+          target_fps: float | None = None) -> BuildResult:
     """Build ``model`` (a zoo name or a ``.onnx`` path) for ``board`` into ``out``.
+
+    ``target_fps``: (CNN / MLP / BNN builds) fold for this frame rate at the fewest LUTs
+    instead of the smallest II (``codesign.accel.dataflow.search``); a rate no folding
+    reaches within the resource limit is a :class:`FlowError` (exit 2, one line).
 
     Raises :class:`FlowError` (exit code in ``.code``) for bad arguments and failed
     checks, ``OnnxReadError``/``UnsupportedOpError``/``LoweringError`` from the lowering,
@@ -484,6 +494,12 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
         raise FlowError("--weights applies to zoo models; a QONNX file carries its own weights")
     if not (isinstance(clock_mhz, (int, float)) and 0 < clock_mhz < 1000):
         raise FlowError(f"clock {clock_mhz!r} MHz out of range (0, 1000)")
+    if target_fps is not None:
+        if isinstance(target_fps, bool) or not isinstance(target_fps, (int, float)) or not 0 < target_fps < math.inf:
+            raise FlowError(f"--target-fps {target_fps!r} must be a positive number")
+        if src.kind == "zoo" and src.name == "fqbert":
+            raise FlowError("--target-fps applies to CNN / MLP / BNN builds (the dataflow folding search); "
+                            "fqbert's folding comes from the engine's search")
     out = Path(out) if out is not None else default_out(model, b)
     parent_existed = out.parent.exists()
     seconds: dict[str, float] = {}
@@ -539,17 +555,44 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
             step(3, "golden", s_golden)
 
             def s_emit():
+                from codesign.accel import report as rp
+
+                fold, fold_what = None, None  # FQ-BERT: the engine's folding, not the emitter's
+                if rp.uses_dataflow(src.name, state["front"].params):
+                    from codesign.accel import folding as F
+
+                    state["plan"] = plan = F.plan(state["ir"], b, float(clock_mhz), limit=rp.DATAFLOW_LIMIT,
+                                                  target_fps=target_fps)
+                    if target_fps is not None and not plan.ok:
+                        raise FlowError(f"--target-fps {target_fps:g}: {plan.error}")
+                    fold = plan.folding()
+                    fold_what = (f"search's folding of {len(fold)} layers" if fold is not None
+                                 else "PE = SIMD = 1 (the dataflow search chose no folding)")
                 emit = hls_emitter()
                 if emit is None:
                     state["hls"] = {"emitted": False, "reason": "HLS emission not available (codesign.hls.emit "
                                                                 "does not exist yet)"}
+                    state["emitted"] = {"folding": None, "note": "no HLS project (HLS emission not available)"}
                     return "skipped: HLS emission not available (codesign.hls.emit does not exist yet)"
+                kw = {}
+                if fold is not None and _takes_folding(emit):
+                    kw["folding"] = fold
                 proj = emit.emit_project(state["ir"], stage / "hls", b, float(clock_mhz),
-                                         state["golden_inputs"], top="codesign_top")
+                                         state["golden_inputs"], top="codesign_top", **kw)
                 state["project"] = Path(proj)
                 state["hls"] = {"emitted": True, "dir": "hls", "top": "codesign_top"}
+                if "folding" in kw:
+                    state["emitted"] = {"folding": [f.as_dict() for f in emit.resolve_folding(state["ir"], fold)],
+                                        "note": None}
+                elif fold is not None:
+                    state["emitted"] = {"folding": None, "note": "the HLS emitter takes no folding: the search's "
+                                                                "folding was not emitted"}
+                    fold_what = "PE = SIMD = 1 (the HLS emitter takes no folding)"
+                else:
+                    state["emitted"] = {"folding": None, "note": "the dataflow search chose no folding: every "
+                                                                "kernel emitted with PE = SIMD = 1"}
                 nfiles = sum(1 for p in (stage / "hls").rglob("*") if p.is_file())
-                return f"{nfiles} files -> hls/"
+                return f"{nfiles} files -> hls/" + (f" ({fold_what})" if fold_what else "")
 
             step(4, "emit", s_emit)
 
@@ -580,7 +623,8 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
                 doc = rp.make_report(
                     ir=state["ir"], model=src.name, source=src.kind, board=b, clock_mhz=float(clock_mhz),
                     config=config if src.kind == "zoo" else None, seed=seed, csim=state["csim"],
-                    hls=state["hls"], golden=state["golden"], seconds=seconds, params=state["front"].params)
+                    hls=state["hls"], golden=state["golden"], seconds=seconds, params=state["front"].params,
+                    folding_plan=state.get("plan"), emitted=state.get("emitted"))
                 state["report"] = doc
                 rp.write(doc, stage)
                 from codesign.accel.verify import write_rtl
@@ -602,6 +646,29 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
                 pass
         raise
     return BuildResult(out, state["report"], seconds)
+
+
+def _takes_folding(emit) -> bool:
+    """Whether the HLS emitter module's ``emit_project`` takes a ``folding`` (and it has
+    ``resolve_folding``); a stand-in emitter may not."""
+    import inspect
+
+    try:
+        params = inspect.signature(emit.emit_project).parameters
+    except (TypeError, ValueError):
+        return False
+    return "folding" in params and hasattr(emit, "resolve_folding")
+
+
+def _build_folding(rep: dict) -> dict[str, tuple[int, int]] | None:
+    """The folding a build passed to the emitter, from its report: the search's
+    ``dataflow.folding`` when ``dataflow.emitted_folding`` says the kernels were emitted
+    with it; ``None`` (PE = SIMD = 1) otherwise, e.g. for builds made before the emitter
+    took a folding."""
+    df = rep.get("dataflow") or {}
+    if df.get("emitted_folding") is None or "folding" not in df:
+        return None
+    return {f["name"]: (int(f["PE"]), int(f["SIMD"])) for f in df["folding"]}
 
 
 # --------------------------------------------------------------------------------------
@@ -666,7 +733,8 @@ def _predict_csim(d: Path, ir, b, x: np.ndarray) -> None:
 
     The emitter's testbench reads its cases from ``golden/inputs.bin`` and checks every
     output code against ``golden/outputs.bin``; it does not write its outputs. So the
-    project is re-emitted into a temporary folder with ``x`` as its golden inputs, its
+    project is re-emitted into a temporary folder with ``x`` as its golden inputs (and the
+    build's folding, :func:`_build_folding`), its
     sources are checked byte for byte against ``DIR/hls`` (all but ``golden/`` and the README, which
     counts the cases: the
     C++ that runs is the build's), and the testbench runs: it returns only when the C++
@@ -684,8 +752,10 @@ def _predict_csim(d: Path, ir, b, x: np.ndarray) -> None:
     board = get_board(rep["board"])
     tmp = Path(tempfile.mkdtemp(prefix="codesign-predict-"))
     try:
+        fold = _build_folding(rep)
+        kw = {"folding": fold} if fold is not None else {}
         proj = Path(emit.emit_project(ir, tmp / "hls", board, float(rep["clock_mhz"]), {b.name: x},
-                                      top=rep.get("hls", {}).get("top", "codesign_top")))
+                                      top=rep.get("hls", {}).get("top", "codesign_top"), **kw))
 
         def sources(root: Path) -> dict[str, bytes]:
             return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))

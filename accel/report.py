@@ -29,9 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from codesign.accel.boards import Board
+# the dataflow search's resource limit (each of LUT, FF, DSP, RAMB18), as FQ-BERT's; defined
+# with the folding plan that the emit step and this report share
+from codesign.accel.folding import DATAFLOW_LIMIT
 
-__all__ = ["make_report", "write", "weight_summary", "dataflow_estimates", "PUBLISHED_FQBERT", "PENDING",
-           "RESOURCE_KEYS", "DATAFLOW_LABEL", "DATAFLOW_LIMIT"]
+__all__ = ["make_report", "write", "weight_summary", "dataflow_estimates", "emitted_summary", "uses_dataflow",
+           "PUBLISHED_FQBERT", "PENDING", "RESOURCE_KEYS", "DATAFLOW_LABEL", "DATAFLOW_LIMIT"]
 
 PENDING = "pending engine issue"
 RESOURCE_KEYS = ("lut", "ff", "dsp", "bram18", "uram")
@@ -43,8 +46,6 @@ DATAFLOW_LABEL = ("cost model (docs/dataflow.md: accel/dataflow.py cycles, exact
                   "accel/dataflow_calibration.json; sliding-window units estimated without RTL; power: "
                   "accel/boards.py PowerModel with engine.POWER_SCALE); latency at an assumed clock; "
                   "ops in dataflow.not_modelled are not costed")
-#: The dataflow search's resource limit (each of LUT, FF, DSP, RAMB18), as FQ-BERT's.
-DATAFLOW_LIMIT = 0.85
 
 #: FQ-BERT's published figures (Liu et al., "Hardware Acceleration of Fully Quantized BERT
 #: for Efficient Natural Language Processing", DATE 2021), BERT-base, 4-bit weights / 8-bit
@@ -114,8 +115,23 @@ def weight_summary(ir) -> dict[str, Any]:
     return {"bit_widths": bit_widths, "weights_bytes": w_bytes, "compression_vs_fp32": ratio}
 
 
+def uses_dataflow(model: str, params: dict | None) -> bool:
+    """Whether a build's estimates come from the CNN dataflow model (everything but FQ-BERT,
+    whose report runs the engine's folding search)."""
+    return not (model == "fqbert" and params is not None)
+
+
 def make_report(*, ir, model: str, source: str, board: Board, clock_mhz: float, config: str | None, seed: int,
-                csim: dict, hls: dict, golden: dict, seconds: dict, params: dict | None = None) -> dict[str, Any]:
+                csim: dict, hls: dict, golden: dict, seconds: dict, params: dict | None = None,
+                folding_plan=None, emitted: dict | None = None) -> dict[str, Any]:
+    """The report document (docs/report.md).
+
+    ``folding_plan``: the build's :func:`codesign.accel.folding.plan` (the search the HLS
+    kernels were emitted with); without it the dataflow search runs here (same answer: it is
+    deterministic). ``emitted``: what the emit step did with that folding,
+    ``{"folding": [FoldChoice.as_dict(), ...] or None, "note": one line}``
+    (:func:`emitted_summary` turns it into ``dataflow.emitted_folding`` and
+    ``dataflow.emitted_equals_search``)."""
     w = weight_summary(ir)
     doc: dict[str, Any] = {
         "format": "codesign-report/1",
@@ -143,15 +159,52 @@ def make_report(*, ir, model: str, source: str, board: Board, clock_mhz: float, 
         "notes": len(ir.notes),
         "seconds": dict(seconds),
     }
-    if model == "fqbert" and params is not None:
+    if not uses_dataflow(model, params):
         doc["fqbert"] = {"config": params["config"], "scope": (
             "IR = encoder layers + pooler + classifier (codes); embeddings run on the host, not in the IR; "
             "weights_bytes covers the IR's matmul weights only")}
         doc["published"] = PUBLISHED_FQBERT
         doc.update(engine_estimates(params["config"], board, clock_mhz))
     else:
-        doc.update(dataflow_estimates(ir, board, clock_mhz))
+        doc.update(dataflow_estimates(ir, board, clock_mhz, plan=folding_plan))
+        if "dataflow" in doc:
+            doc["dataflow"].update(emitted_summary(doc["dataflow"], emitted))
     return doc
+
+
+def emitted_summary(dataflow: dict[str, Any], emitted: dict | None) -> dict[str, Any]:
+    """``emitted_folding``, ``emitted_equals_search`` and ``emitted_note`` of the report's
+    ``dataflow`` section.
+
+    ``emitted_folding``: per layer of ``dataflow.folding`` (same order) the folding its HLS
+    kernel was emitted with: ``name``, ``op``, ``kernel``, ``PE``, ``SIMD``, ``requested``
+    (the search's PE/SIMD), ``equal`` and ``note`` (why it differs; ``null`` when equal);
+    ``null`` when no HLS project was emitted with a folding. ``emitted_equals_search``:
+    whether every layer's emitted (PE, SIMD) is the search's (``null`` without a search
+    folding or an emitted one). ``emitted_note``: one line saying which case holds."""
+    search = {f["name"]: (f["PE"], f["SIMD"]) for f in dataflow.get("folding", [])}
+    got = None if emitted is None else emitted.get("folding")
+    if got is None:
+        note = (emitted or {}).get("note") or "no HLS project was emitted with a folding"
+        return {"emitted_folding": None, "emitted_equals_search": None, "emitted_note": note}
+    by_name = {f["name"]: f for f in got}
+    rows = []
+    for name, (pe, simd) in search.items():
+        f = by_name.get(name)
+        if f is None:  # the emitter was not asked for this layer: PE = SIMD = 1 (cannot happen in a build)
+            rows.append({"name": name, "op": None, "kernel": None, "PE": 1, "SIMD": 1,
+                         "requested": {"PE": pe, "SIMD": simd}, "equal": (pe, simd) == (1, 1),
+                         "note": "not passed to the emitter: emitted with PE = SIMD = 1"})
+        else:
+            rows.append(dict(f))
+    extra = sorted(set(by_name) - set(search))
+    equal = bool(search) and not extra and all((r["PE"], r["SIMD"]) == search[r["name"]] for r in rows)
+    if equal:
+        note = f"every layer's HLS kernel is emitted with the search's folding ({len(rows)} layers)"
+    else:
+        differ = [r["name"] for r in rows if (r["PE"], r["SIMD"]) != search[r["name"]]] + extra
+        note = f"emitted folding differs from the search's for {', '.join(differ)} (see each layer's note)"
+    return {"emitted_folding": rows, "emitted_equals_search": equal, "emitted_note": note}
 
 
 def _r(x: float, nd: int) -> float:
@@ -286,35 +339,47 @@ def _boundary_bytes(ir) -> tuple[int, int]:
     return sum(nbytes(t) for t in sorted(ins)), sum(nbytes(t) for t in sorted(outs))
 
 
-def dataflow_estimates(ir, board: Board, clock_mhz: float, limit: float = DATAFLOW_LIMIT) -> dict[str, Any]:
+def dataflow_estimates(ir, board: Board, clock_mhz: float, limit: float = DATAFLOW_LIMIT,
+                       plan=None) -> dict[str, Any]:
     """The report keys filled by the CNN dataflow cost model for ``ir`` on ``board`` at
     ``clock_mhz`` (docs/report.md, "Dataflow estimates"): ``resources``, ``latency_ms``, ``fps``,
     ``power_w``, ``fps_per_w``, ``estimates`` (the label), ``cycles`` and ``dataflow`` (folding,
     per-layer cycles and resources, utilisation, power assumptions, ``not_modelled``,
     mapping notes, Pareto points, the MVAU's Yosys calibration). All estimates.
 
+    ``plan``: a :func:`codesign.accel.folding.plan` of ``ir`` for ``board``, ``clock_mhz``
+    and ``limit`` (e.g. with a target frame rate) to report instead of searching here.
+
     Returns ``{}`` for an IR without ops (nothing to say), and only ``dataflow`` (mapping,
     ``not_modelled``) when no op maps to a layer: the figures then stay ``null``, pending.
     Deterministic: the same IR, board and clock give the same values (no timings)."""
     from codesign.accel import dataflow as D
     from codesign.accel import engine
-    from codesign.accel.dataflow_ir import map_ir
+    from codesign.accel import folding as F
 
     if not list(ir.ops):
         return {}
-    m = map_ir(ir)
-    layers = [x.layer for x in m.layers]
+    if plan is None:
+        plan = F.plan(ir, board, float(clock_mhz), limit=limit)
+    elif not plan.matches(board, clock_mhz, limit):
+        raise ValueError(f"dataflow_estimates: the folding plan is for {plan.board} at {plan.clock_mhz:g} MHz, "
+                         f"limit {plan.limit}; the report is for {board.name} at {float(clock_mhz):g} MHz, "
+                         f"limit {limit}")
+    m = plan.mapping
+    layers = plan.layers
     base = {"estimate": DATAFLOW_LABEL, "limit": limit, "clock_mhz": float(clock_mhz),
-            "layers": [x.as_dict() for x in m.layers], "not_modelled": m.not_modelled, "notes": m.notes}
+            "layers": [x.as_dict() for x in m.layers], "not_modelled": copy.deepcopy(m.not_modelled),
+            "notes": list(m.notes)}
+    if plan.target_fps is not None:
+        base["target_fps"] = plan.target_fps
     if not layers:
         return {"dataflow": {**base, "estimate": f"{PENDING}: no conv2d, matmul or xnor_popcount layer "
                                                  "with constant weights for the dataflow cost model"}}
-    try:
-        res = D.search(layers, board, limit=limit, clock_mhz=float(clock_mhz))
-    except ValueError as e:
-        why = str(e).splitlines()[0]
+    if plan.result is None:
+        why = plan.error
         return {"resources": {**{k: None for k in RESOURCE_KEYS}, "estimate": f"{DATAFLOW_LABEL}; {why}"},
                 "estimates": f"{DATAFLOW_LABEL}; {why}", "dataflow": {**base, "search": why}}
+    res = plan.result
     e = res.estimate
     resources = {**{k: int(e.resources[k]) for k in D.KEYS}, "uram": 0}  # the model maps no memory to URAM
     fps = e.fps  # streaming: a new image every II cycles
@@ -425,6 +490,7 @@ def to_markdown(doc: dict[str, Any]) -> str:
                   f"| latency (ms) | {_fmt(doc['latency_ms'])} |", f"| throughput (fps) | {_fmt(doc['fps'])} |",
                   f"| power (W) | {_fmt(doc['power_w'])} |", f"| fps/W | {_fmt(doc['fps_per_w'])} |", ""]
         if df is not None:
+            lines += _emitted_markdown(df)
             lines += _not_modelled_markdown(df)
     else:
         lines += _engine_markdown(doc)
@@ -509,6 +575,7 @@ def _dataflow_markdown(doc: dict[str, Any]) -> list[str]:
                      f"{l['WB']}/{l['AB']}{'' if l['a_signed'] else 'u'} | {l['mode']} | {l['NT']} | {l['PE']} | "
                      f"{l['SIMD']} | {l['cycles']:,} | {r['lut']:,} | {r['ff']:,} | {r['dsp']:,} | {r['bram18']:,} |")
     lines.append("")
+    lines += _emitted_markdown(df)
     if df["notes"]:
         lines += ["Mapping notes:", ""] + [f"- {n}" for n in df["notes"]] + [""]
     lines += _not_modelled_markdown(df)
@@ -519,6 +586,26 @@ def _dataflow_markdown(doc: dict[str, Any]) -> list[str]:
                   ", ".join(f"{k} {v['within']}/{v['of']} ({v['min']:.2f}-{v['max']:.2f})"
                             for k, v in cal["summary"].items()) + ".", ""]
     return lines
+
+
+def _emitted_markdown(df: dict[str, Any]) -> list[str]:
+    """The folding the HLS kernels were emitted with, against the search's (per layer when
+    they differ)."""
+    if "emitted_note" not in df:
+        return []
+    rows = df.get("emitted_folding")
+    if rows is None:
+        return [f"HLS folding: {df['emitted_note']}.", ""]
+    if df.get("emitted_equals_search"):
+        return [f"HLS folding: {df['emitted_note']}: " +
+                ", ".join(f"{r['name']} {r['PE']}x{r['SIMD']}" for r in rows) + " (PE x SIMD).", ""]
+    lines = [f"HLS folding: {df['emitted_note']}.", "",
+             "| layer | kernel | search PE x SIMD | emitted PE x SIMD | note |", "|---|---|---|---|---|"]
+    for r in rows:
+        q = r["requested"]
+        lines.append(f"| {r['name']} | {r['kernel'] or '-'} | {q['PE']} x {q['SIMD']} | {r['PE']} x {r['SIMD']} | "
+                     f"{r['note'] or 'as chosen'} |")
+    return lines + [""]
 
 
 def _not_modelled_markdown(df: dict[str, Any]) -> list[str]:

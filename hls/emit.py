@@ -13,7 +13,9 @@ byte-identical files):
   the other non-batch axes), one call per IR op into the kernel library
   (``include/codesign/*.h``) with static shapes and code types from the IR, structural ops
   as plain loops. Every port element is a plain signed C integer (``int8_t`` .. ``int64_t``,
-  the smallest holding the tensor's values).
+  the smallest holding the tensor's values). The matmul / conv2d kernels are unfolded
+  (PE = SIMD = 1) unless ``folding`` names them (:func:`resolve_folding`: the requested
+  (PE, SIMD), or the nearest folding the kernel accepts; README.md lists what was emitted).
 * ``weights.bin`` / ``weights.h`` -- every IR constant, little-endian, each aligned to 8
   bytes, stored in the smallest of 1/2/4/8 bytes (signed iff its type has negative codes)
   that holds its code type; ``weights.h`` gives each constant's offset, count and byte
@@ -56,7 +58,8 @@ from codesign.accel.ir import IR, CodeType, Op, Tensor, twos_complement_bits
 from codesign.hls import csim
 from codesign.hls.naming import Namer
 
-__all__ = ["emit_project", "run_project_csim", "CsimReport", "SUPPORTED_OPS", "GOLDEN_MAGIC"]
+__all__ = ["emit_project", "run_project_csim", "CsimReport", "SUPPORTED_OPS", "GOLDEN_MAGIC", "FoldChoice",
+           "resolve_folding", "FOLDED_OPS"]
 
 SUPPORTED_OPS = ("matmul", "conv2d", "requant", "threshold", "add", "lut", "softmax", "layernorm",
                  "maxpool2d", "avgpool2d", "reshape", "flatten", "identity", "transpose", "gather", "concat")
@@ -70,6 +73,11 @@ HLS_PROJECT = "codesign_prj"
 # Names the generated code uses itself; every IR-derived identifier also carries a prefix
 # (p_ ports, b_ buffers, k_ constants, t_ temporaries), so none can clash with these.
 RESERVED = ("weights", "cs_sint", "cs_uint", "cs_rd", "codesign", "main", "case_idx", "i", "r", "c")
+
+#: IR ops whose kernels take a folding (PE, SIMD): ``emit_project(..., folding=...)``.
+FOLDED_OPS = ("matmul", "conv2d")
+#: Xilinx ap_int's default width limit: conv.h's window chunk carries an ``ap_uint<SIMD>`` mask.
+AP_INT_MAX_W = 1024
 
 HEADERS = ("types.h", "matmul.h", "requant.h", "add.h", "lut.h", "softmax.h", "layernorm.h", "binary.h", "pool.h",
            "conv.h")
@@ -146,12 +154,130 @@ class _Port:
 
 
 # ---------------------------------------------------------------------------------------
+# folding (PE, SIMD) of the matmul / conv2d kernels
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FoldChoice:
+    """The folding one IR op's kernel is emitted with.
+
+    ``requested``: the ``(PE, SIMD)`` asked for (``emit_project``'s ``folding``);
+    ``PE``/``SIMD``: what the emitted kernel's template arguments are; ``kernel``: the
+    kernel-library unit (``Mvau``, ``Conv2d``, ``SparseMvau``, ``SparseConv2d``); ``note``:
+    one line saying why the emitted folding differs from the request (``None`` when equal)."""
+
+    name: str
+    op: str
+    kernel: str
+    requested: tuple[int, int]
+    PE: int
+    SIMD: int
+    note: str | None = None
+
+    @property
+    def equal(self) -> bool:
+        """Whether the kernel was emitted with exactly the requested folding."""
+        return (self.PE, self.SIMD) == tuple(self.requested)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "op": self.op, "kernel": self.kernel, "PE": self.PE, "SIMD": self.SIMD,
+                "requested": {"PE": int(self.requested[0]), "SIMD": int(self.requested[1])},
+                "equal": self.equal, "note": self.note}
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` that is ``<= at_most`` (at least 1)."""
+    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
+
+
+def _fold_arg(name: str, value) -> tuple[int, int]:
+    try:
+        pe, simd = value
+    except (TypeError, ValueError):
+        raise ValueError(f"emit: folding[{name!r}] = {value!r} is not a (PE, SIMD) pair") from None
+    for what, v in (("PE", pe), ("SIMD", simd)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"emit: folding[{name!r}]: {what}={v!r} must be an integer >= 1")
+    return int(pe), int(simd)
+
+
+def _fold_op(ir: IR, op: Op, requested: tuple[int, int]) -> FoldChoice:
+    """What ``op``'s kernel accepts of ``requested`` (see :func:`resolve_folding`)."""
+    pe, simd = requested
+    if "sparse" in op.attrs:  # the block-sparse kernels are packed with their own block shape
+        sp = op.attrs["sparse"]
+        kernel = "SparseMvau" if op.op == "matmul" else "SparseConv2d"
+        epe, esimd = int(sp["pe"]), int(sp["simd"])
+        note = None if (epe, esimd) == (pe, simd) else (
+            f"block-sparse kernel ({kernel}): emitted with its pruning block shape PE={epe}, SIMD={esimd} "
+            f"(attrs['sparse']), not the requested PE={pe}, SIMD={simd}")
+        return FoldChoice(op.name, op.op, kernel, (pe, simd), epe, esimd, note)
+    notes = []
+    if op.op == "matmul":
+        K = int(ir.tensors[op.inputs[0]].shape[-1])
+        N = int(ir.tensors[op.outputs[0]].shape[-1])
+        epe, esimd = _largest_divisor(N, pe), _largest_divisor(K, simd)
+        if epe != pe:
+            notes.append(f"PE={pe} is not accepted by Mvau (needs N % PE == 0, N = {N}): emitted PE={epe}, "
+                         f"the largest divisor of {N} not above {pe}")
+        if esimd != simd:
+            notes.append(f"SIMD={simd} is not accepted by Mvau (needs K % SIMD == 0, K = {K}): emitted "
+                         f"SIMD={esimd}, the largest divisor of {K} not above {simd}")
+        return FoldChoice(op.name, op.op, "Mvau", (pe, simd), epe, esimd, "; ".join(notes) or None)
+    # conv2d: 1 <= PE <= OC/G (conv.h), SIMD >= 1 (the last fold is masked), an ap_uint<SIMD> mask
+    OC = int(ir.tensors[op.outputs[0]].shape[1])
+    G = int(op.attrs.get("groups", 1))
+    ocg = max(1, OC // G)
+    epe, esimd = min(pe, ocg), min(simd, AP_INT_MAX_W)
+    if epe != pe:
+        notes.append(f"PE={pe} is not accepted by Conv2d (needs PE <= OC/groups = {OC}/{G} = {ocg}): "
+                     f"emitted PE={epe}")
+    if esimd != simd:
+        notes.append(f"SIMD={simd} is not accepted by Conv2d (its window mask is an ap_uint<SIMD>, at most "
+                     f"{AP_INT_MAX_W} bits): emitted SIMD={esimd}")
+    return FoldChoice(op.name, op.op, "Conv2d", (pe, simd), epe, esimd, "; ".join(notes) or None)
+
+
+def resolve_folding(ir: IR, folding: Mapping[str, tuple[int, int]] | None) -> list[FoldChoice]:
+    """The folding :func:`emit_project` emits for ``folding`` (``{IR op name: (PE, SIMD)}``),
+    one :class:`FoldChoice` per named op, in IR op order; ``[]`` for ``None``.
+
+    The kernels' constraints decide what is emitted when the request is not accepted:
+    ``Mvau`` (matmul.h) needs ``N % PE == 0`` and ``K % SIMD == 0``: the largest divisor not
+    above the request is emitted; ``Conv2d`` (conv.h) needs ``1 <= PE <= OC/groups`` and
+    ``SIMD <= 1024`` (PE need not divide OC; a SIMD that does not divide K masks the last
+    fold): the request is clamped to the bound. The block-sparse kernels (ops with
+    ``attrs["sparse"]``) keep their pruning block shape. Each difference carries a one-line
+    ``note``. Ops not named in ``folding`` are emitted with PE = SIMD = 1 and not listed.
+
+    Raises ``ValueError`` (one line) for a name that is not an accelerator matmul/conv2d
+    op of ``ir`` or a value that is not a pair of integers >= 1, and the emitter's
+    ``NotImplementedError`` for an op it cannot emit at all (e.g. ``xnor_popcount``)."""
+    if folding is None:
+        return []
+    ops = {op.name: op for op in ir.ops}
+    req = {}
+    for name in sorted(folding):
+        op = ops.get(name)
+        if op is None:
+            raise ValueError(f"emit: folding names op {name!r}, which is not in IR model '{ir.model}'")
+        if op.op not in SUPPORTED_OPS and op.target != "host":
+            raise _unsupported(op)  # as emitting it would (the folding is not the problem)
+        if op.op not in FOLDED_OPS or op.target == "host":
+            raise ValueError(f"emit: folding names op {name!r} ({op.op}, {op.target}); a folding applies to "
+                             f"the accelerator's {' and '.join(FOLDED_OPS)} ops")
+        req[name] = _fold_arg(name, folding[name])
+    return [_fold_op(ir, op, req[op.name]) for op in ir.ops if op.name in req]
+
+
+# ---------------------------------------------------------------------------------------
 # the emitter
 # ---------------------------------------------------------------------------------------
 
 class _Emitter:
-    def __init__(self, ir: IR, top: str) -> None:
+    def __init__(self, ir: IR, top: str, folds: list[FoldChoice] | None = None) -> None:
         self.ir, self.top = ir, top
+        self.folds = {f.name: f for f in folds or ()}  # resolve_folding's answer: the emitted PE/SIMD
         self.namer = Namer(reserved=set(RESERVED) | {top})
         self.bufs: dict[str, _Buf] = {}
         self.decls: list[str] = []        # static buffers
@@ -274,6 +400,11 @@ class _Emitter:
         return t
 
     # -- ops -------------------------------------------------------------------------
+    def fold(self, op: Op) -> tuple[int, int]:
+        """(PE, SIMD) of ``op``'s dense kernel: resolve_folding's choice, else (1, 1)."""
+        f = self.folds.get(op.name)
+        return (1, 1) if f is None else (f.PE, f.SIMD)
+
     def emit_op(self, op: Op) -> None:
         fn = getattr(self, f"op_{op.op}", None)
         if fn is None or op.op not in SUPPORTED_OPS:
@@ -308,7 +439,9 @@ class _Emitter:
                 f"{sw.empty_row_groups}, {_b(has_bias)}, {blo}LL, {bhi}LL, {acc}>", sw)
             self.body.append(f"    {u[0]}::run<{a.R}>({aa.name}, {u[1]}, {u[2]}, {u[3]}, {bias_arg}{y.name});")
             return
-        mv = f"codesign::Mvau<{_intt(A)}, {_intt(W)}, {K}, {N}, 1, 1, {_b(has_bias)}, {blo}LL, {bhi}LL, {acc}>"
+        pe, simd = self.fold(op)
+        mv = (f"codesign::Mvau<{_intt(A)}, {_intt(W)}, {K}, {N}, {pe}, {simd}, {_b(has_bias)}, {blo}LL, {bhi}LL, "
+              f"{acc}>")
         wname = op.inputs[1]
         if wname in self.ir.constants:
             wc = self.ir.constants[wname]
@@ -336,7 +469,7 @@ class _Emitter:
     def op_conv2d(self, op: Op) -> None:
         """§11: ``codesign::Conv2d`` (conv.h) on the NCHW buffers as they are: the input
         ``[IC*H][W]``, the accumulator ``[OC*OH][OW]``, the weights ``[OC][IC/G*KH*KW]``
-        (the ONNX layout flattened). Unfolded (PE = SIMD = 1), as matmul."""
+        (the ONNX layout flattened). Folded as :meth:`fold` says (default PE = SIMD = 1)."""
         X = CodeType.from_json(op.attrs["x_type"])
         Wt = CodeType.from_json(op.attrs["w_type"])
         xt, yt = self.ir.tensors[op.inputs[0]], self.ir.tensors[op.outputs[0]]
@@ -371,8 +504,9 @@ class _Emitter:
             self.body.append(f"    static_assert({u[0]}::OH == {OH} && {u[0]}::OW == {OW}, \"{op.name}: output size\");")
             self.body.append(f"    {u[0]}::run({xa.name}, {u[1]}, {u[2]}, {u[3]}, {bias_arg}{y.name});")
             return
+        pe, simd = self.fold(op)
         cv = (f"codesign::Conv2d<{_intt(X)}, {_intt(Wt)}, {IC}, {H}, {W}, {OC}, {KH}, {KW}, {sh}, {sw}, {pt}, {pl}, "
-              f"{pb}, {pr}, {dh}, {dw}, {G}, 1, 1, {_b(has_bias)}, {blo}LL, {bhi}LL, {acc}>")
+              f"{pb}, {pr}, {dh}, {dw}, {G}, {pe}, {simd}, {_b(has_bias)}, {blo}LL, {bhi}LL, {acc}>")
         self.body.append(f"    static_assert({cv}::OH == {OH} && {cv}::OW == {OW}, \"{op.name}: output size\");")
         self.body.append(f"    {cv}::run({xa.name}, {w.name}, {bias_arg}{y.name});")
 
@@ -1067,6 +1201,22 @@ complement iff `W_SIGNED_<c>`; see `weights.h` for `W_OFF_<c>`, `W_COUNT_<c>`.
 """
 
 
+def _folding_md(folds: list[FoldChoice]) -> str:
+    """README section: the PE/SIMD every folded kernel was emitted with, and why any differs."""
+    lines = ["## Folding", "",
+             "The matmul / conv2d kernels below were emitted with the folding (PE output channels x SIMD",
+             "inputs per cycle) requested by the build (the dataflow search's choice); every other one",
+             "with PE = SIMD = 1. A kernel that does not accept the request gets the nearest value it",
+             "accepts; the note says why.", "",
+             "| op | kernel | requested PE x SIMD | emitted PE | emitted SIMD | note |", "|---|---|---|---:|---:|---|"]
+    for f in folds:
+        lines.append(f"| `{f.name}` | `{f.kernel}` | {f.requested[0]} x {f.requested[1]} | {f.PE} | {f.SIMD} | "
+                     f"{f.note or 'as requested'} |")
+    if not folds:
+        lines.append("| (none) | | | | | |")
+    return "\n".join(lines) + "\n\n"
+
+
 def _golden(arrays_per_case: list[np.ndarray], cases: int) -> bytes:
     head = GOLDEN_MAGIC + struct.pack("<III", GOLDEN_VERSION, cases, len(arrays_per_case))
     head += b"".join(struct.pack("<I", int(np.prod(a.shape[1:], dtype=np.int64))) for a in arrays_per_case)
@@ -1085,12 +1235,19 @@ def _write(path: Path, data: str | bytes) -> None:
 
 
 def emit_project(ir: IR, out_dir: Path, board: Board, clock_mhz: float, golden_inputs: Mapping[str, np.ndarray],
-                 top: str = "codesign_top") -> Path:
+                 top: str = "codesign_top", folding: Mapping[str, tuple[int, int]] | None = None) -> Path:
     """Write the Vitis HLS project of ``ir`` into ``out_dir`` and return it.
 
     ``golden_inputs``: float inputs keyed by ONNX (or IR) input name, batch on axis 0 =
     the cases; the golden outputs come from ``run_reference(ir, golden_inputs, trace=True)``.
-    Raises ``NotImplementedError`` naming the first op the emitter cannot handle.
+    ``folding``: ``{IR op name: (PE, SIMD)}`` for matmul / conv2d ops (e.g. the dataflow
+    search's choice, :mod:`codesign.accel.folding`); each named op's kernel is emitted with
+    what :func:`resolve_folding` returns for it (the request, or the nearest folding the
+    kernel accepts), every other with PE = SIMD = 1, and ``README.md`` gets a "Folding"
+    table of what was emitted. ``None`` (default): every kernel PE = SIMD = 1, the project
+    exactly as without this argument.
+    Raises ``NotImplementedError`` naming the first op the emitter cannot handle,
+    ``ValueError`` for a folding naming anything but a matmul / conv2d op.
     """
     from codesign.sim.run_ir import run_reference
 
@@ -1098,7 +1255,8 @@ def emit_project(ir: IR, out_dir: Path, board: Board, clock_mhz: float, golden_i
         raise ValueError(f"emit: top name {top!r} must be a plain identifier ([a-z][a-z0-9_]*, no p_/b_/k_/t_ prefix)")
     if not clock_mhz or clock_mhz <= 0:
         raise ValueError(f"emit: clock_mhz={clock_mhz!r} must be > 0")
-    em = _Emitter(ir, top)
+    folds = resolve_folding(ir, folding)
+    em = _Emitter(ir, top, folds)
     ins, outs = em.run()
 
     _, env = run_reference(ir, golden_inputs, trace=True)
@@ -1116,7 +1274,11 @@ def emit_project(ir: IR, out_dir: Path, board: Board, clock_mhz: float, golden_i
     _write(out / "golden" / "inputs.bin", _golden(gin, cases))
     _write(out / "golden" / "outputs.bin", _golden(gout, cases))
     _write(out / "run_hls.tcl", _tcl(top, board, clock_mhz))
-    _write(out / "README.md", _readme(ir, top, board, clock_mhz, em, ins, outs, cases))
+    readme = _readme(ir, top, board, clock_mhz, em, ins, outs, cases)
+    if folding is not None:
+        head, tail = readme.split("\n## Running\n", 1)
+        readme = head + "\n" + _folding_md(folds) + "## Running\n" + tail
+    _write(out / "README.md", readme)
     inc = csim.include_dir() / "codesign"
     for h in sorted(inc.glob("*.h")):
         _write(out / "include" / "codesign" / h.name, h.read_bytes())
