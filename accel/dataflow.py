@@ -198,7 +198,9 @@ class Layer:
     (:func:`mult_on_dsp`); ``window``: the SWU feeding it (then ``MW = k·k·C`` and
     ``vectors = ofm_h·ofm_w``); ``pool``: a max-pooling unit fed by the layer's output
     stream (then ``pool.C = MH`` and ``pool.ifm_h·pool.ifm_w = vectors``; it takes the
-    MVAU's ``PE`` lanes per beat)."""
+    MVAU's ``PE`` lanes per beat); ``pe_max``: the largest PE the layer's kernel accepts
+    (a grouped convolution's ``OC/groups``: conv.h keeps a PE fold inside one group), None
+    for no bound."""
 
     name: str
     MH: int
@@ -212,6 +214,7 @@ class Layer:
     res_type: str = "auto"
     window: Window | None = None
     pool: Pool | None = None
+    pe_max: int | None = None
 
     def __post_init__(self) -> None:
         where = f"layer {self.name!r}"
@@ -229,6 +232,8 @@ class Layer:
             raise ValueError(f"{where}: out_bits={self.out_bits}; supported 0 (accumulator) .. 8")
         if self.res_type not in RES_TYPES:
             raise ValueError(f"{where}: res_type {self.res_type!r}; supported {', '.join(RES_TYPES)}")
+        if self.pe_max is not None and self.pe_max < 1:
+            raise ValueError(f"{where}: pe_max={self.pe_max} must be >= 1")
         if self.res_type == "dsp" and self.mode == "binary":
             raise ValueError(f"{where}: a binary layer has no multipliers to put on DSPs")
         w = self.window
@@ -593,10 +598,11 @@ def _divisors(n: int) -> list[int]:
 
 
 def candidates(layer: Layer) -> list[tuple[int, int]]:
-    """The foldings the search tries: ``PE | MH`` and ``SIMD | MW`` (``SIMD | C`` under a
-    window: the SWU emits whole SIMD-channel groups)."""
+    """The foldings the search tries: ``PE | MH`` (and ``PE <= pe_max``) and ``SIMD | MW``
+    (``SIMD | C`` under a window: the SWU emits whole SIMD-channel groups)."""
     simds = _divisors(layer.window.C) if layer.window is not None else _divisors(layer.MW)
-    return [(pe, s) for pe in _divisors(layer.MH) for s in simds]
+    pes = [pe for pe in _divisors(layer.MH) if layer.pe_max is None or pe <= layer.pe_max]
+    return [(pe, s) for pe in pes for s in simds]
 
 
 @dataclass

@@ -243,3 +243,15 @@ def test_search_cnv_is_fast_and_balanced():
     assert est.ii < 10_000  # hundreds of thousands of fps at 250 MHz, FINN-like
     fast = D.search(net, "zcu102", target_fps=1000.0)
     assert fast.estimate.ii <= 250_000 and fast.estimate.resources["lut"] <= est.resources["lut"]
+
+
+def test_pe_max_bounds_the_search_candidates():
+    from codesign.accel import dataflow as D
+
+    free = D.Layer("dw", MH=16, MW=9, vectors=16, WB=4, AB=4, mode="lowbit", out_bits=4)
+    bound = D.Layer("dw", MH=16, MW=9, vectors=16, WB=4, AB=4, mode="lowbit", out_bits=4, pe_max=1)
+    assert {pe for pe, _ in D.candidates(free)} == {1, 2, 4, 8, 16}
+    assert {pe for pe, _ in D.candidates(bound)} == {1}
+    assert D.search([bound], "zcu102").folding[0][0] == 1
+    with pytest.raises(ValueError, match="pe_max=0"):
+        D.Layer("x", MH=4, MW=4, pe_max=0)
