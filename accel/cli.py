@@ -174,24 +174,36 @@ def _sparse_arg(text: str | None) -> tuple[int, int] | None:
     return pe, simd
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from codesign.accel import train_flow
-
-    out = Path(args.out) if args.out else Path("build") / f"train-{args.model}-{args.config}"
+def _run_stage(out, error_cls, call) -> int:
+    """Run a writing sub-command's stage function ``call()`` (train, quantize, prune): its
+    own error class and the flow's errors become one ``error:`` line; on success print its
+    summary and what it wrote to ``out``."""
     try:
-        res = train_flow.train(args.model, args.config, out, force=args.force, seed=args.seed,
-                               epochs=args.epochs, qat_epochs=args.qat_epochs, steps=args.steps,
-                               train_size=args.train_size, seeds=args.seeds,
-                               threads=args.threads, progress=_progress)
-    except train_flow.TrainError as exc:
+        res = call()
+    except error_cls as exc:
         raise CliError(str(exc), exc.code) from None
     except _flow_errors() as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     print(res.summary)
     print(f"wrote {out}: {', '.join(res.files)}")
     return EXIT_OK
+
+
+def _only_mpcnn(command: str, model: str) -> None:
+    if model != "mpcnn":
+        raise CliError(f"unknown model {model!r} for {command} (supported: mpcnn)")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from codesign.accel import train_flow
+
+    out = Path(args.out) if args.out else Path("build") / f"train-{args.model}-{args.config}"
+    return _run_stage(out, train_flow.TrainError, lambda: train_flow.train(
+        args.model, args.config, out, force=args.force, seed=args.seed, epochs=args.epochs,
+        qat_epochs=args.qat_epochs, steps=args.steps, train_size=args.train_size, seeds=args.seeds,
+        threads=args.threads, progress=_progress))
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -199,20 +211,11 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     from codesign.accel import mp_flow
 
-    if args.model != "mpcnn":
-        raise CliError(f"unknown model {args.model!r} for quantize (supported: mpcnn)")
+    _only_mpcnn("quantize", args.model)
     out = Path(args.out) if args.out else Path("build") / "quantize-mpcnn"
-    try:
-        res = mp_flow.quantize_mpcnn(args.budget, out, force=args.force, seed=args.seed, method=args.method,
-                                     epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-                                     threads=args.threads, board=args.board, progress=_progress)
-    except mp_flow.QuantizeError as exc:
-        raise CliError(str(exc), exc.code) from None
-    except _flow_errors() as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    print(res.summary)
-    print(f"wrote {out}: {', '.join(res.files)}")
-    return EXIT_OK
+    return _run_stage(out, mp_flow.QuantizeError, lambda: mp_flow.quantize_mpcnn(
+        args.budget, out, force=args.force, seed=args.seed, method=args.method, epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs, threads=args.threads, board=args.board, progress=_progress))
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -220,21 +223,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     from codesign.accel import prune_flow
 
-    if args.model != "mpcnn":
-        raise CliError(f"unknown model {args.model!r} for prune (supported: mpcnn)")
+    _only_mpcnn("prune", args.model)
     out = Path(args.out) if args.out else Path("build") / "prune-mpcnn"
-    try:
-        res = prune_flow.prune_mpcnn(args.latency_budget_ms, out, force=args.force, seed=args.seed, pe=args.pe,
-                                     simd=args.simd, clock_mhz=args.clock, epochs=args.epochs,
-                                     admm_iters=args.admm_iters, finetune_epochs=args.finetune_epochs,
-                                     threads=args.threads, progress=_progress)
-    except prune_flow.PruneError as exc:
-        raise CliError(str(exc), exc.code) from None
-    except _flow_errors() as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
-    print(res.summary)
-    print(f"wrote {out}: {', '.join(res.files)}")
-    return EXIT_OK
+    return _run_stage(out, prune_flow.PruneError, lambda: prune_flow.prune_mpcnn(
+        args.latency_budget_ms, out, force=args.force, seed=args.seed, pe=args.pe, simd=args.simd,
+        clock_mhz=args.clock, epochs=args.epochs, admm_iters=args.admm_iters,
+        finetune_epochs=args.finetune_epochs, threads=args.threads, progress=_progress))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
