@@ -13,6 +13,18 @@ Mapping (per image: the IR's batch axis 0 is never counted):
   kernel with equal strides, one symmetric pad and no dilation gets its sliding
   :class:`~codesign.accel.dataflow.Window` (``k, C = IC, ifm_h, ifm_w, stride, pad``); any
   other geometry is costed without a window (the SWU is then not costed; a note says so).
+* ``conv2d`` with a **bipolar input and padding** (any pad > 0, :func:`two_lanes_per_tap`):
+  docs/arithmetic.md §11 says a padded tap adds 0, but every mvau.v lane adds ±1 for a
+  1-bit activation (``2·popcount − MW`` in binary mode), so one lane per tap cannot express
+  it. The layer is costed as the exact **two-lanes-per-tap** encoding that
+  ``codesign verify`` runs on mvau.v: input channel ``c`` becomes the channel pair
+  ``(2c, 2c + 1)`` — a real tap ``a`` the lanes ``(a, a)``, a padded tap ``(+1, −1)`` —
+  against the weights ``(w, w)``, so the MVAU accumulates exactly ``2·acc`` and its
+  thresholds are ``2·T``. Hence ``MW = 2·(IC/g)·KH·KW`` (NF·SF·V cycles, weight memories
+  and product lanes of the encoded layer) and, with a window, ``C = 2·IC`` (the SWU of the
+  channel-duplicated map, padding +1 / −1 per channel pair; its line buffer holds both
+  lanes, an upper bound for an SWU that encodes at its output). A note says so. Without
+  padding the plain one-lane encoding (FINN's) is exact and used.
 * ``conv2d``, ``groups = g > 1`` (grouped and depthwise): VVAU-style, ``MH = OC``,
   ``MW = (IC/g)·KH·KW``, ``vectors = OH·OW`` — every output channel is a dot product of
   ``(IC/g)·KH·KW`` terms, so the product count ``MH·MW·vectors``, the cycles
@@ -68,7 +80,8 @@ from typing import Any
 
 from codesign.accel.dataflow import Layer, Pool, Window
 
-__all__ = ["MappedLayer", "DataflowMapping", "map_ir", "layers_from_ir", "LAYER_OPS", "STAGE_OPS", "POOL_OPS"]
+__all__ = ["MappedLayer", "DataflowMapping", "map_ir", "layers_from_ir", "two_lanes_per_tap", "LAYER_OPS",
+           "STAGE_OPS", "POOL_OPS"]
 
 #: IR ops that become a dataflow layer (an MVAU).
 LAYER_OPS = ("conv2d", "matmul", "xnor_popcount")
@@ -205,6 +218,19 @@ def _out_bits(g: _Graph, stage, where: str, notes: list[str]) -> int | None:
     return b if b <= MAX_OUT_BITS else None
 
 
+def two_lanes_per_tap(op) -> bool:
+    """Whether IR op ``op`` is mapped onto mvau.v with two lanes per kernel tap (module
+    docstring): a ``conv2d`` whose input code type (``x_type``) is bipolar and whose pads
+    (``pad``, ``[pt, pl, pb, pr]``) are not all 0. Decided by the op's attributes alone, not by
+    whether a padded tap occurs in the data, so the cost model (:func:`map_ir`) and
+    ``codesign verify`` (accel/verify.py) always agree on the layer's ``MW``. Raises
+    ``ValueError`` (one line) for a malformed ``x_type``."""
+    if op.op != "conv2d":
+        return False
+    at = _code_type(op.attrs.get("x_type"), f"op '{op.name}' (conv2d) x_type")
+    return bool(at.bipolar) and any(int(v) != 0 for v in op.attrs.get("pad", [0, 0, 0, 0]))
+
+
 def _window(attrs, kh: int, kw: int, C: int, H: int, W: int, OH: int, OW: int) -> Window | None:
     """The sliding window of a conv2d with ``attrs``, or ``None`` when Window cannot
     describe its geometry (non-square kernel or strides, asymmetric pads, dilation)."""
@@ -236,10 +262,21 @@ def _layer(g: _Graph, op, notes: list[str]) -> tuple[dict, str | None]:
         wt = _code_type(op.attrs.get("w_type"), f"{where} w_type")
         at = _code_type(op.attrs.get("x_type"), f"{where} x_type")
         AB, a_signed = _act(at, op.name, notes)
-        kw_ = dict(name=op.name, MH=int(OC), MW=int(Cg * KH * KW), vectors=int(OH * OW), WB=_weight_bits(wt),
-                   AB=AB, a_signed=a_signed, mode=_mode(wt, at))
+        lanes = 2 if two_lanes_per_tap(op) else 1  # bipolar padding: two lanes per tap (module docstring)
+        kw_ = dict(name=op.name, MH=int(OC), MW=int(lanes * Cg * KH * KW), vectors=int(OH * OW),
+                   WB=_weight_bits(wt), AB=AB, a_signed=a_signed, mode=_mode(wt, at))
+        win = None
         if groups == 1:
-            win = _window(op.attrs, int(KH), int(KW), int(C), int(H), int(W), int(OH), int(OW))
+            win = _window(op.attrs, int(KH), int(KW), int(lanes * C), int(H), int(W), int(OH), int(OW))
+        if lanes == 2:
+            notes.append(f"{op.name}: bipolar input with padding: two lanes per tap (padded taps contribute 0, "
+                         f"§11), MW = 2·(C/groups)·KH·KW = 2·{Cg}·{KH}·{KW} = {2 * Cg * KH * KW}: a real tap a is "
+                         "the lane pair (a, a), a padded tap (+1, -1), against weights (w, w), so the MVAU "
+                         "accumulates 2·acc against thresholds 2·T; the HLS Conv2d masks padded taps itself "
+                         "and is emitted with SIMD/2 lanes (the same cycles when SIMD is even)"
+                         + (f"; the window is costed on the channel-duplicated map (C = 2·{C} = {2 * C})"
+                            if win is not None else ""))
+        if groups == 1:
             if win is None:
                 notes.append(f"{op.name}: {KH}x{KW} kernel, stride {op.attrs.get('stride')}, pad "
                              f"{op.attrs.get('pad')}, dilation {op.attrs.get('dilation')}: no sliding-window "
@@ -248,7 +285,8 @@ def _layer(g: _Graph, op, notes: list[str]) -> tuple[dict, str | None]:
             kw_["window"] = win
         else:
             notes.append(f"{op.name}: grouped conv (groups = {groups}) mapped VVAU-style: MH = OC = {OC}, "
-                         f"MW = (C/groups)·KH·KW = {Cg * KH * KW}, vectors = OH·OW = {OH * OW}; products, cycles "
+                         f"MW = {'2·' if lanes == 2 else ''}(C/groups)·KH·KW = {lanes * Cg * KH * KW}, "
+                         f"vectors = OH·OW = {OH * OW}; products, cycles "
                          "and weight memories are exact for this mapping, the per-group input routing and the "
                          "SWU are not costed")
         return kw_, op.outputs[0]

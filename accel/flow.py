@@ -565,7 +565,7 @@ def build(model: str | os.PathLike, board: str | Board, out: str | os.PathLike |
                                                   target_fps=target_fps)
                     if target_fps is not None and not plan.ok:
                         raise FlowError(f"--target-fps {target_fps:g}: {plan.error}")
-                    fold = plan.folding()
+                    fold = plan.hls_folding(state["ir"])
                     fold_what = (f"search's folding of {len(fold)} layers" if fold is not None
                                  else "PE = SIMD = 1 (the dataflow search chose no folding)")
                 emit = hls_emitter()

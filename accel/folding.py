@@ -55,6 +55,21 @@ class FoldingPlan:
             return None
         return {c.name: (int(c.PE), int(c.SIMD)) for c in self.result.estimate.layers}
 
+    def hls_folding(self, ir) -> dict[str, tuple[int, int]] | None:
+        """:meth:`folding` as the HLS kernels take it: a bipolar conv with padding is costed
+        on mvau.v with two lanes per tap (:func:`codesign.accel.dataflow_ir.two_lanes_per_tap`),
+        while conv.h masks padded taps and needs one lane per tap, so it gets ``SIMD/2``
+        lanes (``ceil(2K/SIMD) == ceil(K/(SIMD/2))`` cycles per fold: the same count) when
+        SIMD is even, else SIMD unchanged (then it is faster than the model says)."""
+        from codesign.accel.dataflow_ir import two_lanes_per_tap
+
+        fold = self.folding()
+        if fold is None:
+            return None
+        ops = {op.name: op for op in ir.ops}
+        return {n: ((pe, simd // 2) if n in ops and two_lanes_per_tap(ops[n]) and simd % 2 == 0 else (pe, simd))
+                for n, (pe, simd) in fold.items()}
+
     def matches(self, board: Board, clock_mhz: float, limit: float) -> bool:
         """Whether this plan was searched for ``board`` at ``clock_mhz`` within ``limit``."""
         return (self.board, self.clock_mhz, self.limit) == (board.name, float(clock_mhz), float(limit))

@@ -168,11 +168,13 @@ def make_report(*, ir, model: str, source: str, board: Board, clock_mhz: float, 
     else:
         doc.update(dataflow_estimates(ir, board, clock_mhz, plan=folding_plan))
         if "dataflow" in doc:
-            doc["dataflow"].update(emitted_summary(doc["dataflow"], emitted))
+            hls = folding_plan.hls_folding(ir) if folding_plan is not None and folding_plan.ok else None
+            doc["dataflow"].update(emitted_summary(doc["dataflow"], emitted, hls))
     return doc
 
 
-def emitted_summary(dataflow: dict[str, Any], emitted: dict | None) -> dict[str, Any]:
+def emitted_summary(dataflow: dict[str, Any], emitted: dict | None,
+                    hls: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
     """``emitted_folding``, ``emitted_equals_search`` and ``emitted_note`` of the report's
     ``dataflow`` section.
 
@@ -181,8 +183,12 @@ def emitted_summary(dataflow: dict[str, Any], emitted: dict | None) -> dict[str,
     (the search's PE/SIMD), ``equal`` and ``note`` (why it differs; ``null`` when equal);
     ``null`` when no HLS project was emitted with a folding. ``emitted_equals_search``:
     whether every layer's emitted (PE, SIMD) is the search's (``null`` without a search
-    folding or an emitted one). ``emitted_note``: one line saying which case holds."""
+    folding or an emitted one), where ``hls`` (``FoldingPlan.hls_folding``) names the HLS
+    form of a search folding (a bipolar padded conv: SIMD/2 lanes, the same cycles).
+    ``emitted_note``: one line saying which case holds."""
     search = {f["name"]: (f["PE"], f["SIMD"]) for f in dataflow.get("folding", [])}
+    if hls:
+        search = {n: tuple(hls.get(n, f)) for n, f in search.items()}
     got = None if emitted is None else emitted.get("folding")
     if got is None:
         note = (emitted or {}).get("note") or "no HLS project was emitted with a folding"

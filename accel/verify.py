@@ -26,8 +26,14 @@ Checks, in order (each one row of the pass/fail table):
    accumulator; the bias is added outside the MVAU, which has no bias input). Output codes
    must equal the stage's codes in the trace (structural ops between accumulator and stage,
    e.g. the channels-last transposes, undone) and the cycles ``mvau_cycles`` (no stalls).
-   A layer mvau.v cannot express is a ``skip`` with the reason, never approximated: a
-   bipolar input with padded taps (§11: a padded tap adds 0, a bipolar lane has no 0),
+   A conv2d with a **bipolar input and padding** (§11: a padded tap adds 0, a bipolar lane
+   has no 0) runs in the exact two-lanes-per-tap encoding (:func:`two_lane_encoding`, the
+   layer the cost model maps, ``codesign.accel.dataflow_ir.two_lanes_per_tap``): ``MW`` is
+   ``2·C·KH·KW`` in dataflow.json (PE, SIMD: the build's folding of the encoded layer), a
+   real tap ``a`` is the lane pair ``(a, a)``, a padded tap ``(+1, -1)``, the weights
+   ``(w, w)``; the MVAU accumulates ``2·acc``, so its thresholds are ``2·(T - b)`` and its
+   cycles are the model's for the encoded layer; the row's detail names the encoding.
+   A layer mvau.v cannot express is a ``skip`` with the reason, never approximated:
    grouped convs, parameters that differ within an output channel. A ``dataflow.json``
    that does not describe ``DIR/ir`` is a ``FAIL``.
 
@@ -44,13 +50,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = ["verify", "VerifyReport", "Row", "VerifyError", "RTL_CONFIG", "DATAFLOW_CONFIG", "RTL_CASES",
-           "write_rtl", "write_dataflow_rtl", "write_build_rtl", "requant_thresholds"]
+           "write_rtl", "write_dataflow_rtl", "write_build_rtl", "requant_thresholds", "two_lane_encoding",
+           "TWO_LANES"]
 
 RTL_CONFIG = "engine.json"
 #: DIR/rtl's description of a CNN/MLP/BNN build's MVAUs (non-FQ-BERT builds).
 DATAFLOW_CONFIG = "dataflow.json"
 #: Golden cases simulated per MVAU layer by default (``verify(..., rtl_cases=...)``).
 RTL_CASES = 2
+#: dataflow.json's ``encoding`` of a conv2d with a bipolar input and padding (two lanes per tap).
+TWO_LANES = "two-lanes-per-tap"
 
 
 class VerifyError(Exception):
@@ -265,8 +274,11 @@ def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
     ``NT``, ``RESTYPE`` (``dataflow.mult_on_dsp``), the IR op names it covers (``op``,
     ``output_stage``, ``ops``) and ``parameters``, the Verilog parameters of its mvau.v
     instance. ``ir`` (the build's IR) adds what the report does not hold: the output
-    stage's ``OUT_BIAS`` and the structural ops between accumulator and stage; without it
-    those are ``null`` (``verify`` derives them from DIR/ir either way). A report without a
+    stage's ``OUT_BIAS``, the structural ops between accumulator and stage and the
+    layer's input ``encoding`` (:data:`TWO_LANES` for a conv2d with a bipolar input and
+    padding, whose ``MW`` (= ``parameters.MW``) is then the encoded ``2·C·KH·KW``, as the
+    report's layer; ``"plain"`` otherwise); without it those are ``null`` (``verify``
+    derives them from DIR/ir either way). A report without a
     folding (search failed, no layer) gives ``"layers": []`` and a ``note`` saying why.
     Deterministic (sorted keys)."""
     import shutil
@@ -291,6 +303,13 @@ def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
 
             mapped = {m.op: m for m in map_ir(ir).layers}
         ops = {op.name: op for op in ir.ops} if ir is not None else {}
+
+        def encoding(name):
+            if name not in ops:
+                return None
+            from codesign.accel.dataflow_ir import two_lanes_per_tap
+
+            return TWO_LANES if two_lanes_per_tap(ops[name]) else "plain"
         for l in df["layers"]:
             layer = D.Layer(name=l["name"], MH=int(l["MH"]), MW=int(l["MW"]), vectors=int(l["vectors"]),
                             WB=int(l["WB"]), AB=int(l["AB"]), mode=l["mode"], a_signed=bool(l["a_signed"]),
@@ -300,7 +319,7 @@ def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
             out_bias = _stage_out_bias(ops[stage]) if stage and stage in ops else (0 if not stage else None)
             e = {"name": l["name"], "kind": l["op"], "op": l["name"], "output_stage": stage,
                  "ops": None if m is None else [m.op, *m.between, *([m.stage] if m.stage else [])],
-                 "onnx_name": list(l.get("onnx_name") or []),
+                 "onnx_name": list(l.get("onnx_name") or []), "encoding": encoding(l["name"]),
                  **{k: l[k] for k in ("MH", "MW", "vectors", "PE", "SIMD", "WB", "AB", "a_signed", "mode",
                                       "out_bits", "NT", "window")},
                  "RESTYPE": int(D.mult_on_dsp(layer)), "OUT_BIAS": out_bias,
@@ -400,6 +419,33 @@ def _im2col(x: np.ndarray, kh: int, kw: int, stride, pad, dil) -> tuple[np.ndarr
     return cols.reshape(OH * OW, C * kh * kw), mask.reshape(OH * OW, C * kh * kw)
 
 
+def two_lane_encoding(cols: np.ndarray, inside: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exact mvau.v encoding of a conv2d with a bipolar input and padding: two lanes per tap.
+
+    ``cols``, ``inside``: :func:`_im2col`'s ``(V, C·KH·KW)`` rows (K order ``(c, ky, kx)``)
+    and mask of the taps inside the image; ``w``: the ``(OC, C, KH, KW)`` weights. Input
+    channel ``c`` becomes the channel pair ``(2c, 2c + 1)``: a tap inside the image with
+    code ``a`` gives the lanes ``(a, a)``, a padded tap ``(+1, -1)``, and the weights of
+    both channels of a pair are ``w[:, c]``. Returns ``(x2, w2)``, ``(V, 2·C·KH·KW)`` and
+    ``(OC, 2·C·KH·KW)`` in the encoded K order ``(c', ky, kx)``, ``c' = 2c + j`` (the im2col
+    of the channel-duplicated map, padded with +1 / -1 per pair), with
+    ``x2 @ w2.T == 2 · (cols · inside) @ w.reshape(OC, -1).T`` exactly: a real tap adds
+    ``a·w + a·w``, a padded one ``w − w = 0`` (docs/arithmetic.md §11), and every lane is a
+    bipolar code when the real taps are. int64."""
+    cols, inside, w = np.asarray(cols, dtype=np.int64), np.asarray(inside, dtype=bool), np.asarray(w, np.int64)
+    OC, C, KH, KW = w.shape
+    V = cols.shape[0]
+    if cols.shape != (V, C * KH * KW) or inside.shape != cols.shape:
+        raise ValueError(f"two_lane_encoding: im2col rows {cols.shape} / mask {inside.shape} do not match weights "
+                         f"{w.shape} (need (V, C·KH·KW) = (V, {C * KH * KW}))")
+    a = cols.reshape(V, C, 1, KH * KW)
+    m = inside.reshape(V, C, 1, KH * KW)
+    pad_val = np.array([1, -1], dtype=np.int64).reshape(1, 1, 2, 1)
+    x2 = np.where(m, a, pad_val).reshape(V, 2 * C * KH * KW)
+    w2 = np.repeat(w, 2, axis=1).reshape(OC, 2 * C * KH * KW)
+    return x2, w2
+
+
 def _chain(ir, op, stage_name: str | None) -> list:
     """The structural ops from ``op``'s accumulator to ``stage_name`` (each the single
     consumer of the previous tensor); raises _Disagrees when the stage is not reached."""
@@ -461,6 +507,7 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
     """The MVAU problem of dataflow.json layer ``e`` on the first ``n`` traced cases:
     operands, thresholds (bias folded in, requant turned into thresholds) and the IR's
     codes to expect. Raises _NotVerifiable / _Disagrees (module docstring)."""
+    from codesign.accel.dataflow_ir import two_lanes_per_tap
     from codesign.accel.ir import CodeType
     from codesign.sim import reference as ref
     from codesign.sim.rtl_mvau import MvauConfig
@@ -479,6 +526,7 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
 
     acc_ir = trace[op.outputs[0]][:n]
     bias = None
+    scale, encoding = 1, None  # the MVAU accumulates scale·acc (2: two lanes per tap)
     if op.op == "conv2d":
         if int(op.attrs.get("groups", 1)) != 1:
             raise _NotVerifiable(f"grouped conv (groups = {op.attrs['groups']}): mvau.v broadcasts one input "
@@ -492,13 +540,16 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
         OH, OW = acc_ir.shape[2:]
         if cols[0][0].shape[0] != OH * OW:
             raise _Disagrees(f"im2col gives {cols[0][0].shape[0]} vectors, the IR {OH}x{OW}")
-        xs = [c for c, _ in cols]
-        if at.bipolar:
+        if two_lanes_per_tap(op):  # bipolar input with padding: two lanes per tap (module docstring)
+            K = w.shape[1]
+            enc = [two_lane_encoding(c, m, wc) for c, m in cols]
+            xs, w, scale = [x2 for x2, _ in enc], enc[0][1], 2
             padded = sum(int(np.any(~m, axis=1).sum()) for _, m in cols)
-            if padded:
-                raise _NotVerifiable(f"not verifiable on mvau.v: bipolar padding ({padded} of {n * OH * OW} "
-                                     "vectors have padded taps, which add 0 (§11); mvau.v has no 0 for a "
-                                     "bipolar tap)")
+            encoding = (f"two lanes per tap (bipolar input with padding, §11: {padded} of {n * OH * OW} vectors "
+                        f"have padded taps): real (a, a), padded (+1, -1) x weights (w, w), MW = 2·{K} = "
+                        f"{2 * K}, accumulator 2·acc, thresholds 2·T")
+        else:  # no bipolar padding: one lane per tap (a padded multi-bit tap is the code 0)
+            xs = [c for c, _ in cols]
         if len(op.inputs) > 2:
             bias = ir.constants[op.inputs[2]].values.astype(np.int64).reshape(-1)
         chan_layout = np.broadcast_to(np.arange(OC)[None, :, None, None], (1, OC, OH, OW))
@@ -552,24 +603,32 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
     MH, MW = w.shape
     mine = {"MH": MH, "MW": MW, "WB": WB, "AB": AB, "a_signed": a_signed, "mode": "binary" if binary else "lowbit",
             "vectors": xs[0].shape[0]}
-    bad = [f"{k} {e[k]} (IR: {v})" for k, v in mine.items() if e.get(k) != v]
+    why = {"MW": ", two lanes per tap: bipolar input with padding"} if encoding else {}
+    bad = [f"{k} {e[k]} (IR: {v}{why.get(k, '')})" for k, v in mine.items() if e.get(k) != v]
+    want_enc = None if e.get("encoding") is None else (TWO_LANES if encoding else "plain")
+    if want_enc is not None and e["encoding"] != want_enc:
+        bad.append(f"encoding {e['encoding']} (IR: {want_enc})")
     if bad:
         raise _Disagrees(", ".join(bad))
     bias_v = np.zeros(MH, dtype=np.int64) if bias is None else bias
     # the output channel of each element of the stage's input (batch axis of size 1)
     stage_in = _forward(chan_layout, chain, ir) if stage is not None else None
-    lo_acc, hi_acc = ref.acc_range(MW, ref.IntType(AB, a_signed), ref.IntType(WB, True))
+    a_t, w_t = ref.IntType(AB, a_signed), ref.IntType(WB, True)
+    lo_acc, hi_acc = ref.acc_range(MW, a_t, w_t)  # the MVAU's (encoded) accumulator range
+    lo_true, hi_true = ref.acc_range(MW // scale, a_t, w_t)  # the IR's (acc = MVAU accumulator / scale)
     NT = int(e["NT"])
     if stage is None:
         if NT != 0:
             raise _Disagrees(f"NT {NT} for a layer without output stage")
         out_bias, T, n_thr = 0, None, 0
-        want = to_vectors(acc_ir)
+        # compared in the MVAU's accumulator space (scale·acc): nothing is divided away
+        want = [scale * v for v in to_vectors(acc_ir)]
 
         def to_ir(codes):  # the MVAU's raw accumulator; the bias is added outside (mvau.v has no bias input)
-            return codes + bias_v[None, :]
+            return codes + scale * bias_v[None, :]
 
-        desc = "raw accumulator (+ bias outside the MVAU)"
+        desc = ("raw accumulator (+ bias outside the MVAU)" if scale == 1 else
+                "raw accumulator 2·acc (+ 2·bias outside the MVAU), compared with 2 x the IR's accumulator")
     else:
         y_ir = _backward(trace[stage.outputs[0]][:n], chain, ir)
         want = to_vectors(y_ir)
@@ -583,6 +642,7 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
             out_bias = 0 if bipolar else int(stage.attrs.get("out_bias", 0))
             n_thr = T_ch.shape[1]
             T = T_ch - bias_v[:, None]  # acc + b >= T  <=>  acc >= T - b
+            T = np.clip(T, lo_true, hi_true + 1)  # §8: no comparison changes (and no overflow when scaled)
             desc = f"{stage.name}: {n_thr} thresholds/channel" + (", bias folded in" if bias is not None else "")
 
             def to_ir(codes):
@@ -593,7 +653,7 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
             sq = np.broadcast_to(ir.constants[stage.inputs[2]].values.astype(np.int64), stage_in.shape)
             M_ch = _per_channel(Mq[..., None], stage_in, MH, f"{stage.name}'s multipliers")[:, 0]
             s_ch = _per_channel(sq[..., None], stage_in, MH, f"{stage.name}'s shifts")[:, 0]
-            T = requant_thresholds(M_ch, s_ch, bias_v, yt, lo_acc, hi_acc, int(stage.attrs.get("m", 16)))
+            T = requant_thresholds(M_ch, s_ch, bias_v, yt, lo_true, hi_true, int(stage.attrs.get("m", 16)))
             out_bias, n_thr = yt.lo, T.shape[1]
             desc = f"{stage.name}: requant as {n_thr} thresholds/channel (bisection)"
 
@@ -601,6 +661,7 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
                 return codes
         if n_thr > NT:
             raise _Disagrees(f"NT {NT} < the stage's {n_thr} thresholds per channel")
+        T = scale * T  # acc >= T  <=>  scale·acc >= scale·T (the MVAU accumulates scale·acc)
         if NT > n_thr:  # thresholds the build has beyond the stage's: never reached
             T = np.concatenate([T, np.full((MH, NT - n_thr), hi_acc + 1, dtype=np.int64)], axis=1)
         T = np.clip(T, lo_acc, hi_acc + 1)  # §8: no comparison changes
@@ -616,6 +677,8 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
                          binary=binary, NT=NT, out_bias=out_bias, restype=int(e.get("RESTYPE", 0)), acc_out=False)
     except ValueError as exc:
         raise _NotVerifiable(f"not verifiable on mvau.v: {str(exc).splitlines()[0]}") from None
+    if encoding:
+        desc = f"{desc}; {encoding}"
     return _LayerProblem(cfg=cfg, w=w, T=T, xs=xs, want=want, to_ir=to_ir, vector=vector, stage_desc=desc)
 
 
