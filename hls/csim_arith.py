@@ -351,6 +351,7 @@ int main() {
     out.put_scalar_i64("required_acc_bits", U::required_acc_bits);
     out.put_scalar_i64("iterations_per_row", U::cycles_per_row());
     out.put_scalar_i64("trips", (long long)codesign::csim_trips());
+    out.put_scalar_i64("xnor_words", (long long)codesign::csim_xnor_words());
     return 0;
 }
 """
@@ -371,8 +372,9 @@ def matmul_ex(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntT
               ) -> tuple[np.ndarray, dict[str, int]]:
     """:func:`matmul`, also returning facts of the compiled unit:
     ``acc_bits`` (the accumulator width used), ``required_acc_bits`` (AccBits),
-    ``iterations_per_row`` ((N/PE)*(K/SIMD)) and ``trips`` (pipelined iterations
-    run: batches x row blocks x block_rows x iterations_per_row)."""
+    ``iterations_per_row`` ((N/PE)*(K/SIMD)), ``trips`` (pipelined iterations
+    run: batches x row blocks x block_rows x iterations_per_row) and ``xnor_words``
+    (XNOR-popcount lane words evaluated: trips x PE for bipolar x bipolar, else 0)."""
     op = "matmul"
     a_type, w_type = as_type(op, a_type), as_type(op, w_type)
     for what, t in (("activation", a_type), ("weight", w_type)):
@@ -437,7 +439,7 @@ def matmul_ex(a, w, bias=None, a_type: IntType = IntType(8, False), w_type: IntT
     if has_bias:
         inputs["bias"] = np.ascontiguousarray(b)
     res = csim.run(src, inputs, name=op)
-    info = {k: int(res[k]) for k in ("acc_bits", "required_acc_bits", "iterations_per_row", "trips")}
+    info = {k: int(res[k]) for k in ("acc_bits", "required_acc_bits", "iterations_per_row", "trips", "xnor_words")}
     return res["acc"].reshape(out_shape), info
 
 

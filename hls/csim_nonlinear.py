@@ -733,6 +733,7 @@ int main() {
     out.put_scalar_i64("acc_bits", U::acc_bits);
     out.put_scalar_i64("trips", (long long)codesign::csim_trips());
     out.put_scalar_i64("swg_trips", (long long)codesign::conv_swg_trips());
+    out.put_scalar_i64("xnor_words", (long long)codesign::csim_xnor_words());
     out.put_scalar_i64("mvau_cycles", U::mvau_cycles());
     out.put_scalar_i64("swg_cycles", U::swg_cycles());
     return 0;
@@ -748,7 +749,9 @@ def conv2d_ex(x, w, bias=None, stride=1, pad=0, dilation=1, groups: int = 1,
     Same arguments as :func:`codesign.sim.reference.conv2d`; ``pe`` (1..OC/groups) and
     ``simd`` (>= 1) choose the folding. The info dict has ``trips`` (the MVAU's pipelined
     iterations, = images * OH * OW * ceil(OC/PE) * ceil(K/SIMD)), ``swg_trips`` (the
-    window generator's), ``acc_bits`` (the accumulator width the template chose).
+    window generator's), ``acc_bits`` (the accumulator width the template chose) and
+    ``xnor_words`` (XNOR-popcount lane words evaluated: images * OH * OW * OC * ceil(K/SIMD)
+    for bipolar x bipolar, else 0).
     """
     from codesign.sim import reference as ref
 
@@ -789,7 +792,8 @@ def conv2d_ex(x, w, bias=None, stride=1, pad=0, dilation=1, groups: int = 1,
     if wacc > 48:
         raise ValueError(f"{op}: K={K} needs a {wacc}-bit accumulator, more than 48 bits (§2, §11)")
     if N == 0:
-        return np.zeros((0, OC, OH, OW), dtype=np.int64), {"trips": 0, "swg_trips": 0, "acc_bits": wacc}
+        return np.zeros((0, OC, OH, OW), dtype=np.int64), {"trips": 0, "swg_trips": 0, "acc_bits": wacc,
+                                                           "xnor_words": 0}
     src = _render(_CONV, HELPERS=_HELPERS, X=_ctype(xt), WT=_ctype(wt), IC=IC, H=H, W=W, OC=OC, KH=KH, KW=KW,
                   SH=s_h, SW=s_w, PT=pt, PL=pl, PB=pb, PR=pr, DH=d_h, DW=d_w, G=groups, PE=int(pe), SIMD=int(simd),
                   HAS_BIAS=_b(bias is not None))
@@ -797,7 +801,7 @@ def conv2d_ex(x, w, bias=None, stride=1, pad=0, dilation=1, groups: int = 1,
            f"-pe{pe}simd{simd}{'-b' if bias is not None else ''}")
     res = _run(op, src, inputs, tag)
     return res["y"], {"trips": int(res["trips"]), "swg_trips": int(res["swg_trips"]),
-                      "acc_bits": int(res["acc_bits"])}
+                      "acc_bits": int(res["acc_bits"]), "xnor_words": int(res["xnor_words"])}
 
 
 # ---------------------------------------------------------------------------

@@ -28,6 +28,15 @@
 //    PE <= OC/G guarantees each chunk arrives no later than its first use), and re-used
 //    by the later output folds. Accumulators are ap_int<AccBits<X, Wt, K, B_LO, B_HI>>
 //    (§2's exact width, §11), so nothing can overflow.
+//    Binary layers (X and Wt bipolar, §8/§11): each PE's SIMD lanes are one
+//    XNOR-popcount word (detail::LaneSum of matmul.h): the chunk's lane bits and the
+//    weight lanes' bits are packed into ap_uint<SIMD> words and the lane sum is
+//      2 * popcount(XNOR(x, w) & valid) - popcount(valid),
+//    with `valid` the chunk's mask (padded taps and the tail beyond K are 0 there), so a
+//    padded tap adds 0 as §11 requires: it is neither a -1 nor a +1 lane. Weight storage
+//    is unchanged (1 bit per element, lanes partitioned: packing is wiring). Folding,
+//    trip counts and the accumulator are the same as for multi-bit layers; in C
+//    simulation every word counts one CODESIGN_XNOR_WORD() (OC * SF per output pixel).
 //    Cycles (the cost model, codesign.accel.ops "conv2d"):
 //      OH * OW * ceil(OC/PE) * ceil(K/SIMD) + D,
 //    D the pipeline depth (about 3 + L_mul + ceil(log2(SIMD)), as the Mvau of matmul.h),
@@ -126,7 +135,9 @@ struct Conv2d {
     typedef typename Wt::storage w_t;
     typedef ap_int<32> bias_t;
     typedef ap_int<acc_bits> acc_t;
-    typedef detail::Mul<X, Wt> mul_t;
+    typedef detail::LaneSum<X, Wt, SIMD> lanes_t;
+    // true: bipolar x bipolar, the XNOR-popcount datapath; false: multipliers.
+    static const bool xnor_datapath = lanes_t::xnor;
 
     // One SIMD-wide piece of an im2col row: codes and which of them are real.
     struct Chunk {
@@ -224,12 +235,9 @@ struct Conv2d {
                     const Chunk& ch = win[g][sf];
                     // every partial sum (bias + j products) lies in the AccBits interval
                     acc_t a = (sf == 0) ? acc_t(bias[o]) : acc[p];
-                conv_simd:
-                    for (int j = 0; j < SIMD; ++j) {
-#pragma HLS UNROLL
-                        const int k = sf * SIMD + j;
-                        if (ch.valid[j]) a += mul_t::prod(ch.d[j], w[o][k < K ? k : 0]);
-                    }
+                    // lanes_t: products or XNOR-popcount; invalid lanes (padding, tail
+                    // beyond K) add 0
+                    lanes_t::template conv<K>(a, ch.d, ch.valid, w[o], sf);
                     acc[p] = a;
                     if (sf == SF - 1) y[o * OH + pix / OW][pix % OW] = a;
                 }

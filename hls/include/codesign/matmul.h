@@ -10,8 +10,25 @@
 //    computes activation x activation products (attention Q.K^T with int8 x
 //    int8, softmax(.).V with uint8 x int8): `w` is then a runtime array.
 // Bipolar operands are stored as one bit b = (v + 1) / 2; a product with a
-// bipolar operand is a conditional negation (b ? a : -a), bipolar x bipolar is
-// XNOR (+1 when the bits agree, -1 otherwise).
+// bipolar operand is a conditional negation (b ? a : -a).
+//
+// Binary layers (bipolar x bipolar, §8): the SIMD lanes of one PE are not
+// multiplied and added one by one. The lanes' stored bits are packed into an
+// ap_uint<SIMD> word (lane j = bit j, the order of §8), XNORed with the packed
+// weight bits and counted: lane sum = 2 * popcount(XNOR(a, w) & valid) -
+// popcount(valid), the FINN XNOR-popcount datapath (SIMD XNOR gates and one
+// SIMD-input popcount tree per PE instead of SIMD +-1 products and an adder
+// tree). `valid` masks lanes that are not elements of the dot product (the conv's
+// padded taps and the tail beyond K, conv.h; every lane here since SIMD | K), which
+// therefore contribute 0. The weights keep their storage (w_t = ap_uint<1> per
+// element, partitioned per lane): packing SIMD partitioned 1-bit lanes into a word
+// is wiring, so no packed copy is stored. detail::LaneSum selects the datapath by
+// template specialization; everything else (accumulator width, bias, folding, one
+// II = 1 iteration per (row, output fold, input fold)) is the same for both, and
+// the per-fold lane sum is one exact partial sum, so the AccBits bound still holds.
+// In C simulation each XNOR-popcount word evaluation counts one
+// CODESIGN_XNOR_WORD() (csim_xnor_words()), so tests can check that a binary
+// layer takes this datapath (PE words per iteration in Mvau).
 //
 // Accumulator: ap_int<AccBits<A, W, K, B_LO, B_HI>::value> (types.h), the
 // smallest width that holds the exact reachable range of every partial sum
@@ -20,9 +37,27 @@
 #ifndef CODESIGN_MATMUL_H
 #define CODESIGN_MATMUL_H
 
+#include "codesign/binary.h"
 #include "types.h"
 
 namespace codesign {
+
+// ---------------------------------------------------------------------------
+// Probe of the binary datapath: every evaluation of an XNOR-popcount lane word
+// (detail::LaneSum<..., true>) calls CODESIGN_XNOR_WORD() once. In C simulation
+// this counts them (csim_xnor_words()); in synthesis it expands to nothing. A
+// multiplying datapath never counts, so a bipolar x bipolar layer whose count
+// stays 0 did not take the XNOR-popcount path.
+// ---------------------------------------------------------------------------
+#ifndef __SYNTHESIS__
+inline unsigned long long& csim_xnor_words() {
+    static unsigned long long n = 0;
+    return n;
+}
+#define CODESIGN_XNOR_WORD() (++::codesign::csim_xnor_words())
+#else
+#define CODESIGN_XNOR_WORD() ((void)0)
+#endif
 
 namespace detail {
 
@@ -84,6 +119,90 @@ struct Mul<A, W, true, true> {  // bipolar x bipolar: XNOR -> +1 / -1
     }
 };
 
+// The SIMD-lane sum of one MVAU iteration for one PE (§2), read straight from the
+// kernels' arrays (k = sf * SIMD + j is lane j's element):
+//   mvau<K, N>(s, a_row, w, sf, n)   s += sum_j a_row[k] * w[k][n]             (Mvau: all
+//                                    lanes valid, SIMD | K)
+//   conv<K>(s, d, valid, w_row, sf)  s += sum_j [valid bit j] d[j] * w_row[k]  (Conv2d's
+//                                    window chunk; invalid lanes add 0, k >= K is invalid)
+// Generic operands: one product per lane (Mul), each added to the accumulator s.
+// `xnor` tells which datapath the kernel was built with.
+template <class A, class W, int SIMD, bool BINARY = (A::bipolar && W::bipolar)>
+struct LaneSum {
+    static const bool xnor = false;
+    typedef Mul<A, W> mul_t;
+
+    template <int K, int N, class ACC>
+    CODESIGN_ALWAYS_INLINE static void mvau(ACC& s, const typename A::storage a_row[K],
+                                            const typename W::storage w[K][N], int sf, int n) {
+#pragma HLS INLINE
+    lane_mul:
+        for (int j = 0; j < SIMD; ++j) {
+#pragma HLS UNROLL
+            const int k = sf * SIMD + j;
+            s += mul_t::prod(a_row[k], w[k][n]);
+        }
+    }
+
+    template <int K, class ACC>
+    CODESIGN_ALWAYS_INLINE static void conv(ACC& s, const typename A::storage d[SIMD], const ap_uint<SIMD>& valid,
+                                            const typename W::storage w_row[K], int sf) {
+#pragma HLS INLINE
+    lane_mul_masked:
+        for (int j = 0; j < SIMD; ++j) {
+#pragma HLS UNROLL
+            const int k = sf * SIMD + j;
+            if (valid[j]) s += mul_t::prod(d[j], w_row[k < K ? k : 0]);
+        }
+    }
+};
+
+// Bipolar x bipolar (§8): XNOR-popcount over the packed lane bits. A lane whose bits
+// agree is +1, one whose bits differ is -1, so over the valid lanes
+//   sum = agree - (n_valid - agree) = 2 * popcount(XNOR(a, w) & valid) - popcount(valid),
+// in [-SIMD, SIMD]; invalid lanes add 0 whatever bits they hold. Packing lane j's stored
+// bit (v + 1) / 2 into bit j of an ap_uint<SIMD> word is wiring.
+template <class A, class W, int SIMD>
+struct LaneSum<A, W, SIMD, true> {
+    static const bool xnor = true;
+    static const int SUM_W = bits_for<-SIMD, SIMD>::value;  // lane sum in [-SIMD, SIMD]
+    typedef ap_int<SUM_W + 1> sum_t;                           // also holds 2 * popcount
+
+    template <int K, int N, class ACC>
+    CODESIGN_ALWAYS_INLINE static void mvau(ACC& s, const typename A::storage a_row[K],
+                                            const typename W::storage w[K][N], int sf, int n) {
+#pragma HLS INLINE
+        CODESIGN_XNOR_WORD();
+        ap_uint<SIMD> a_bits = 0, w_bits = 0;
+    lane_pack:
+        for (int j = 0; j < SIMD; ++j) {
+#pragma HLS UNROLL
+            const int k = sf * SIMD + j;
+            a_bits[j] = a_row[k][0];
+            w_bits[j] = w[k][n][0];
+        }
+        const ap_uint<SIMD> agree_bits = ~(a_bits ^ w_bits);
+        s += sum_t(sum_t(popcount<SIMD>(agree_bits)) * 2 - SIMD);
+    }
+
+    template <int K, class ACC>
+    CODESIGN_ALWAYS_INLINE static void conv(ACC& s, const typename A::storage d[SIMD], const ap_uint<SIMD>& valid,
+                                            const typename W::storage w_row[K], int sf) {
+#pragma HLS INLINE
+        CODESIGN_XNOR_WORD();
+        ap_uint<SIMD> a_bits = 0, w_bits = 0;
+    lane_pack_masked:
+        for (int j = 0; j < SIMD; ++j) {
+#pragma HLS UNROLL
+            const int k = sf * SIMD + j;
+            a_bits[j] = d[j][0];
+            w_bits[j] = w_row[k < K ? k : 0][0];  // lanes with k >= K are invalid
+        }
+        const ap_uint<SIMD> agree_bits = ~(a_bits ^ w_bits) & valid;
+        s += sum_t(sum_t(popcount<SIMD>(agree_bits)) * 2 - sum_t(popcount<SIMD>(valid)));
+    }
+};
+
 // Bias source of the MVAU loop: none (0) or an int32 array.
 struct NoBias {
     ap_int<2> operator[](int) const { return 0; }
@@ -105,16 +224,18 @@ struct NoBias {
 // Loop nest (run<ROWS>): one flattened loop over (row r, output fold nf, input
 // fold sf) = ROWS x (N/PE) x (K/SIMD) iterations, pipelined at II = 1. Each
 // iteration performs PE x SIMD multiply-accumulates (fully unrolled): PE
-// accumulators add SIMD products each; after the last input fold the PE
+// accumulators add SIMD products each (bipolar x bipolar: one XNOR-popcount lane
+// sum each, see the top of this file); after the last input fold the PE
 // accumulators are written to out[r][nf*PE .. nf*PE + PE - 1].
 //
 // Cycle count (latency of run<ROWS>):
 //   cycles = ROWS * (N / PE) * (K / SIMD) + D
 // where D is the pipeline depth reported by Vitis HLS; it is about
 // 3 + L_mul + ceil(log2(SIMD)) (operand read, multiply with latency L_mul
-// (0 for LUT/bipolar products, ~3 for DSP48E2), adder tree over SIMD products,
-// accumulate/write). cycles_per_row() and iterations<ROWS>() give the II = 1
-// part, which is also the number of CODESIGN_TRIP() counts (types.h) per call.
+// (0 for LUT/bipolar products, ~3 for DSP48E2), adder tree over SIMD products
+// (binary: the popcount tree), accumulate/write). cycles_per_row() and
+// iterations<ROWS>() give the II = 1 part, which is also the number of
+// CODESIGN_TRIP() counts (types.h) per call.
 //
 // Memory: a is partitioned cyclically by SIMD along k, w by SIMD along k and PE
 // along n, so each of the PE x SIMD lanes reads its own bank once per cycle.
@@ -147,7 +268,9 @@ struct Mvau {
     typedef typename W::storage w_t;
     typedef ap_int<32> bias_t;
     typedef ap_int<acc_bits> acc_t;
-    typedef detail::Mul<A, W> mul_t;
+    typedef detail::LaneSum<A, W, SIMD> lanes_t;
+    // true: bipolar x bipolar, the XNOR-popcount datapath; false: multipliers.
+    static const bool xnor_datapath = lanes_t::xnor;
 
     // Pipelined iterations per input row, and for ROWS rows (cycles minus the pipeline depth).
     static long long cycles_per_row() { return (long long)NF * SF; }
@@ -195,12 +318,7 @@ struct Mvau {
                 // Every partial sum (bias + j products) lies in the AccBits
                 // interval (§2), so acc_t never wraps.
                 acc_t s = (sf == 0) ? acc_t(bias[n]) : acc[p];
-            mvau_simd:
-                for (int j = 0; j < SIMD; ++j) {
-#pragma HLS UNROLL
-                    const int k = sf * SIMD + j;
-                    s += mul_t::prod(a[r][k], w[k][n]);
-                }
+                lanes_t::template mvau<K, N>(s, a[r], w, sf, n);
                 acc[p] = s;
                 if (sf == SF - 1) out[r][n] = s;
             }
