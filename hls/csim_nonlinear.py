@@ -741,6 +741,29 @@ int main() {
 """
 
 
+def conv_operands(op: str, x, w, xt: IntType, wt: IntType, stride, pad, dilation, groups):
+    """The checked codes of a §11 convolution's ``x`` (N, C, H, W) and ``w`` (OC, C/groups,
+    KH, KW) and its geometry ``(N, IC, H, W, OC, ICg, KH, KW, s_h, s_w, d_h, d_w, pt, pl, pb,
+    pr, OH, OW)``; one-line ``ValueError``s naming ``op`` (the dense and sparse csim faces)."""
+    from codesign.sim import reference as ref
+
+    x = check_codes(op, "x", int_codes(op, "x", x), xt)
+    w = check_codes(op, "w", int_codes(op, "w", w), wt)
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"{op}: need x (N, C, H, W) and w (OC, C/groups, KH, KW), got {x.shape} and {w.shape}")
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"{op}: groups={groups!r} must be an integer >= 1")
+    N, IC, H, W = x.shape
+    OC, ICg, KH, KW = w.shape
+    if IC % groups or OC % groups or ICg != IC // groups:
+        raise ValueError(f"{op}: groups={groups} does not fit x {x.shape} and w {w.shape}")
+    s_h, s_w = _pair(op, "stride", stride)
+    d_h, d_w = _pair(op, "dilation", dilation)
+    pt, pl, pb, pr = ref.conv_pads(op, pad)
+    OH, OW = ref.conv_geometry(H, W, (KH, KW), (s_h, s_w), (pt, pl, pb, pr), (d_h, d_w), op)
+    return x, w, (N, IC, H, W, OC, ICg, KH, KW, s_h, s_w, d_h, d_w, pt, pl, pb, pr, OH, OW)
+
+
 def conv2d_ex(x, w, bias=None, stride=1, pad=0, dilation=1, groups: int = 1,
               x_type: IntType = IntType(8, False), w_type: IntType = IntType(4, True), *,
               pe: int = 1, simd: int = 1) -> Ex:
@@ -763,20 +786,8 @@ def conv2d_ex(x, w, bias=None, stride=1, pad=0, dilation=1, groups: int = 1,
             raise ValueError(f"{op}: 1-bit {what} must be bipolar (signed=True)")
         if not unsigned_ok and not t.signed:
             raise ValueError(f"{op}: {what} must be signed or bipolar")
-    x = check_codes(op, "x", int_codes(op, "x", x), xt)
-    w = check_codes(op, "w", int_codes(op, "w", w), wt)
-    if x.ndim != 4 or w.ndim != 4:
-        raise ValueError(f"{op}: need x (N, C, H, W) and w (OC, C/groups, KH, KW), got {x.shape} and {w.shape}")
-    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"{op}: groups={groups!r} must be an integer >= 1")
-    N, IC, H, W = x.shape
-    OC, ICg, KH, KW = w.shape
-    if IC % groups or OC % groups or ICg != IC // groups:
-        raise ValueError(f"{op}: groups={groups} does not fit x {x.shape} and w {w.shape}")
-    s_h, s_w = _pair(op, "stride", stride)
-    d_h, d_w = _pair(op, "dilation", dilation)
-    pt, pl, pb, pr = ref.conv_pads(op, pad)
-    OH, OW = ref.conv_geometry(H, W, (KH, KW), (s_h, s_w), (pt, pl, pb, pr), (d_h, d_w), op)
+    x, w, (N, IC, H, W, OC, ICg, KH, KW, s_h, s_w, d_h, d_w, pt, pl, pb, pr, OH, OW) = conv_operands(
+        op, x, w, xt, wt, stride, pad, dilation, groups)
     if not (isinstance(pe, (int, np.integer)) and 1 <= pe <= OC // groups):
         raise ValueError(f"{op}: pe={pe!r} must be in 1..OC/groups={OC // groups}")
     if not (isinstance(simd, (int, np.integer)) and simd >= 1):

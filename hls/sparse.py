@@ -385,25 +385,13 @@ def sparse_conv2d_ex(x, w, bias=None, stride=1, pad=0, dilation=1, groups: int =
     """:func:`sparse_conv2d` also returning ``{"trips", "swg_trips", "acc_bits", "nb", "ne"}``:
     ``trips`` = images x OH x OW x (NB + NE) (the MVAU), ``swg_trips`` the window generator's
     (images x (H_used*IC*W + OH*OW*(NB + NE)))."""
-    from codesign.hls.csim_nonlinear import _HELPERS, _b, _ctype, _pair, _render, _run
+    from codesign.hls.csim_nonlinear import _HELPERS, _b, _ctype, _render, _run, conv_operands
     from codesign.sim import reference as ref
 
     op = "sparse_conv2d"
     xt, wt = _types(op, x_type, w_type)
-    x = check_codes(op, "x", int_codes(op, "x", x), xt)
-    w = check_codes(op, "w", int_codes(op, "w", w), wt)
-    if x.ndim != 4 or w.ndim != 4:
-        raise ValueError(f"{op}: need x (N, C, H, W) and w (OC, C/groups, KH, KW), got {x.shape} and {w.shape}")
-    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"{op}: groups={groups!r} must be an integer >= 1")
-    N, IC, H, W = x.shape
-    OC, ICg, KH, KW = w.shape
-    if IC % groups or OC % groups or ICg != IC // groups:
-        raise ValueError(f"{op}: groups={groups} does not fit x {x.shape} and w {w.shape}")
-    s_h, s_w = _pair(op, "stride", stride)
-    d_h, d_w = _pair(op, "dilation", dilation)
-    pt, pl, pb, pr = ref.conv_pads(op, pad)
-    OH, OW = ref.conv_geometry(H, W, (KH, KW), (s_h, s_w), (pt, pl, pb, pr), (d_h, d_w), op)
+    x, w, (N, IC, H, W, OC, ICg, KH, KW, s_h, s_w, d_h, d_w, pt, pl, pb, pr, OH, OW) = conv_operands(
+        op, x, w, xt, wt, stride, pad, dilation, groups)
     pe, simd = _pos_int(op, "pe", pe), _pos_int(op, "simd", simd)
     ocg = OC // groups
     if pe > ocg or (groups > 1 and ocg % pe):
