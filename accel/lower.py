@@ -147,7 +147,7 @@ def lower(model: ModelWrapper | onnx.ModelProto | str | os.PathLike, *, m: int =
         mw = mw.transform(p, make_deepcopy=False, cleanup=False)
     loop = [P.LowerCodesignOps(**opts), P.LowerMatMul(**opts), P.LowerConv(**opts), P.FoldBiasAdd(**opts),
             P.LowerBatchNorm(**opts), P.LowerActQuant(**opts), P.LowerAdd(**opts), P.LowerMultiThreshold(**opts),
-            P.LowerPool(**opts), P.LowerStructural(**opts)]
+            P.LowerPool(**opts), P.LowerStructural(**opts), P.LowerActivationLUT(**opts)]
     while True:
         before = sum(p.hits for p in loop)
         for p in loop:

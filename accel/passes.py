@@ -29,6 +29,7 @@ Passes, in the order :func:`~codesign.accel.lower.lower` applies them:
 ``LowerMultiThreshold``      ``MultiThreshold`` -> ``threshold``
 ``LowerPool``                ``MaxPool`` -> ``maxpool2d``; ``AveragePool``/``GlobalAveragePool`` (-> Quant) -> ``avgpool2d``
 ``LowerStructural``          ``Reshape``/``Flatten``/``Transpose``/``Concat``/``Gather``/``Identity``
+``LowerActivationLUT``       ``Sigmoid``/``Tanh``/``Clip`` (ReLU6)/... ``-> Quant`` on codes -> ``lut``
 ``DequantizeOutputs``        integer graph outputs -> ``dequantize`` (host)
 ``CheckLowered``             ``LoweringError`` for any node left over, with the reason
 ===========================  =========================================================
@@ -54,7 +55,8 @@ __all__ = [
     "LoweringError", "UnsupportedOpError", "OnnxReadError", "IR_DOMAIN", "SUPPORTED_OPS",
     "StashOnnxNames", "RejectUnsupportedOps", "FoldReluIntoQuant", "FoldWeightQuants", "QuantizeInputs",
     "LowerCodesignOps", "LowerMatMul", "FoldBiasAdd", "LowerBatchNorm", "LowerActQuant", "LowerAdd",
-    "LowerMultiThreshold", "LowerStructural", "LowerConv", "LowerPool", "DequantizeOutputs", "RemoveDeadConstants",
+    "LowerMultiThreshold", "LowerStructural", "LowerConv", "LowerPool", "LowerActivationLUT", "DequantizeOutputs",
+    "RemoveDeadConstants",
     "CheckLowered",
     "is_ir", "ir_info", "onnx_names", "mark_sparse",
 ]
@@ -67,8 +69,9 @@ NAME_KEY = "codesign.onnx_name"
 TENSOR_NAMES_KEY = "codesign.input_names"  # model metadata: cleaned graph input name -> original
 
 SUPPORTED_OPS = {
-    "": ("Add", "AveragePool", "BatchNormalization", "Concat", "Conv", "Flatten", "Gather", "Gemm",
-         "GlobalAveragePool", "Identity", "MatMul", "MaxPool", "Relu", "Reshape", "Transpose"),
+    "": ("Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "Elu", "Erf", "Flatten", "Gather",
+         "Gelu", "Gemm", "GlobalAveragePool", "HardSigmoid", "HardSwish", "Identity", "LeakyRelu", "MatMul",
+         "MaxPool", "Mish", "Relu", "Reshape", "Selu", "Sigmoid", "Softplus", "Softsign", "Tanh", "Transpose"),
     QONNX_DOMAIN: ("BipolarQuant", "MultiThreshold", "Quant"),
     # codesign's custom ops that LowerCodesignOps maps (IntMatMul when custom_ops has it)
     co.DOMAIN: tuple(k for k in ("Requant", "IntSoftmax", "IntLayerNorm", "IntLUT", "IntAdd", "IntMatMul")
@@ -1647,6 +1650,116 @@ class LowerPool(_Pass):
 
 
 # ---------------------------------------------------------------------------------------
+# elementwise activations
+# ---------------------------------------------------------------------------------------
+
+#: unary float activations (standard ONNX) that LowerActivationLUT tabulates; inputs after
+#: the first (Clip's min/max) must be constants
+ACTIVATIONS = ("Clip", "Elu", "Erf", "Gelu", "HardSigmoid", "HardSwish", "LeakyRelu", "Mish", "Selu", "Sigmoid",
+               "Softplus", "Softsign", "Tanh")
+
+
+def activation_table(model: ModelWrapper, act: NodeProto, quant: NodeProto, in_type: CodeType,
+                     in_scale: float) -> np.ndarray:
+    """The §4 table of ``Quant(act(x))`` over every code of ``in_type`` at ``in_scale``,
+    in ``lut_index`` order, computed by qonnx's ``execute_onnx`` on a two-node copy of the
+    graph (the activation with its attributes and constant inputs, then the Quant with its
+    own), so the table is what ``execute_onnx`` computes for the original graph, element by
+    element: the input element is ``fl32(code * s)`` exactly as a Quant writes it (§1), and
+    the output codes are recovered exactly (``custom_ops.recover_codes``)."""
+    from onnx import TensorProto
+    from qonnx.core.onnx_exec import execute_onnx
+
+    it = in_type.int_type()
+    if in_type.bipolar:
+        codes = np.asarray([-1, 1], dtype=np.int64)
+    else:
+        codes = np.arange(it.lo, it.hi + 1, dtype=np.int64)
+        order = np.argsort(ref.lut_index(codes, it), kind="stable")
+        codes = codes[order]
+    x = (codes.astype(np.float32) * np.float32(in_scale)).astype(np.float32)
+    inits, ins_a = [], ["x"]
+    for k, name in enumerate(act.input[1:], 1):
+        if not name:
+            ins_a.append("")
+            continue
+        v = model.get_initializer(name)
+        if v is None:
+            raise node_error(model, act, f"input {k} ('{name}') of a tabulated activation must be a constant")
+        inits.append(helper.make_tensor(f"a{k}", TensorProto.FLOAT, np.shape(v),
+                                        np.asarray(v, dtype=np.float32).ravel().tolist()))
+        ins_a.append(f"a{k}")
+    ins_q = ["y"]
+    for k, name in enumerate(quant.input[1:], 1):
+        v = np.asarray(model.get_initializer(name), dtype=np.float32)
+        inits.append(helper.make_tensor(f"q{k}", TensorProto.FLOAT, v.shape, v.ravel().tolist()))
+        ins_q.append(f"q{k}")
+    n = len(x)
+    g = helper.make_graph(
+        [helper.make_node(act.op_type, ins_a, ["y"], **{a.name: helper.get_attribute_value(a) for a in act.attribute}),
+         helper.make_node(quant.op_type, ins_q, ["z"], domain=quant.domain,
+                          **{a.name: helper.get_attribute_value(a) for a in quant.attribute})],
+        "activation_table", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [n])], initializer=inits,
+        value_info=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])])
+    opset = max([o.version for o in model.model.opset_import if o.domain in ("", "ai.onnx")] + [13])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(quant.domain, 1)])
+    try:
+        z = execute_onnx(ModelWrapper(proto), {"x": x})["z"]
+    except Exception as e:  # noqa: BLE001 - any execution failure is the node's problem
+        raise node_error(model, act, f"could not tabulate the activation: {type(e).__name__}: "
+                                     f"{' '.join(str(e).split())}") from None
+    qs = read_quant(model, quant)
+    try:
+        table = co.recover_codes(np.asarray(z, dtype=np.float32), np.float32(qs.scale.ravel()[0]), "output")
+    except ValueError as e:
+        raise node_error(model, quant, str(e)) from None
+    return np.asarray(table, dtype=np.int64).reshape(-1)
+
+
+class LowerActivationLUT(_Pass):
+    """``act -> Quant`` on a code tensor, ``act`` one of :data:`ACTIVATIONS` (ReLU6 and
+    Hardtanh export as ``Clip``), becomes one §4 ``lut``: ``table[idx(q)]`` holds the Quant's
+    code of ``act(fl32(q * s_x))`` for every input code ``q`` (:func:`activation_table`).
+    Exact: the activation is elementwise and its input takes at most ``2^b`` values, so
+    the table is the graph's own computation on each of them. Needs a per-tensor input
+    scale, 1..8-bit input codes (§4's table size) and a per-tensor output quantizer with
+    the activation as its only producer-consumer pair. A ``Relu -> Quant`` never gets here
+    (``FoldReluIntoQuant`` makes it one Quant)."""
+
+    def rewrite(self, model, node):
+        if node.op_type not in ACTIVATIONS or node.domain not in ("", "ai.onnx"):
+            return False
+        x = spec(model, node.input[0])
+        if x is None:
+            return False
+        q = single_consumer(model, node.output[0])
+        if not _is_quant(q) or q.input[0] != node.output[0]:
+            return False  # CheckLowered names the problem
+        if x.kind != "code":
+            raise node_error(model, node, f"its input '{node.input[0]}' is a {x.kind} tensor; a tabulated "
+                                          f"activation takes quantized codes (put a Quant before it)")
+        if x.scale.per_channel:
+            raise node_error(model, node, "a tabulated activation needs a per-tensor input scale")
+        if not 1 <= x.type.bits <= 8:
+            raise node_error(model, node, f"{x.type.bits}-bit input: a tabulated activation takes 1..8-bit "
+                                          f"codes (a 2^b-entry table, §4)")
+        qs = read_quant(model, q)
+        if np.unique(qs.scale).size != 1:
+            raise node_error(model, q, "the Quant after a tabulated activation must be per tensor")
+        table = activation_table(model, node, q, x.type, float(np.float32(x.scale.value)))
+        out_name = q.output[0]
+        init = f"{out_name}_table"
+        model.set_initializer(init, table)
+        out = Tensor(_shape(model, out_name), "code", type=qs.type,
+                     scale=Scale.scalar(float(np.float32(qs.scale.ravel()[0]))))
+        new = make_ir_node("lut", [node.input[0], init], [out_name], {"in_type": x.type.to_json()}, [out],
+                           onnx_names(node) + onnx_names(q), const_types={init: qs.type})
+        replace_nodes(model, [node, q], [new])
+        return True
+
+
+# ---------------------------------------------------------------------------------------
 # graph outputs, checks
 # ---------------------------------------------------------------------------------------
 
@@ -1716,6 +1829,9 @@ def _reason(model: ModelWrapper, node: NodeProto) -> str:
         return "its weights must be a Quant/BipolarQuant of a constant"
     if node.op_type == "Relu":
         return "Relu must feed exactly one Quant (it folds into the quantizer's unsigned range)"
+    if node.op_type in ACTIVATIONS:
+        return (f"{node.op_type} must take a quantized code tensor (per tensor, 1..8 bits) and feed exactly one "
+                "Quant/BipolarQuant (it becomes a lookup table)")
     if node.op_type == "Add":
         if any(const_of(model, i) is not None or model.get_initializer(i) is not None for i in node.input):
             return "adding a constant is only supported as the bias of a MatMul/Gemm"
