@@ -15,6 +15,7 @@ import pytest
 from codesign.accel import cli
 from codesign.accel.lower import lower
 from codesign.accel.passes import LoweringError, UnsupportedOpError
+from codesign.accel.qonnx_exec import execute_qonnx
 from codesign.hls import csim
 from codesign.sim.run_ir import run_reference
 
@@ -89,16 +90,6 @@ def _inputs(n: int, seed: int = 1) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal((n, 1, 8, 8)) * 3).astype(np.float32)
 
 
-def _execute_onnx(path, x):
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.change_batchsize import ChangeBatchSize
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    m = ModelWrapper(str(path)).transform(ChangeBatchSize(len(x))).transform(InferShapes())
-    return execute_onnx(m, {m.graph.input[0].name: x})[m.graph.output[0].name]
-
-
 @pytest.mark.parametrize("act", sorted(ACTS))
 def test_activation_lut_equals_execute_onnx(act_files, act):
     """threshold_all makes every other rounding exact, so the whole IR is ``==`` to QONNX;
@@ -111,7 +102,7 @@ def test_activation_lut_equals_execute_onnx(act_files, act):
     y, tr = run_reference(ir, {name: x}, trace=True)
     lut = next(o for o in ir.ops if o.op == "lut")
     assert len(np.unique(tr[lut.inputs[0]])) > 100
-    assert np.array_equal(y[ir.outputs[0].onnx_name], _execute_onnx(act_files[act], x))
+    assert np.array_equal(y[ir.outputs[0].onnx_name], execute_qonnx(act_files[act], x))
 
 
 def _pow2(s: float) -> Fraction:
@@ -188,4 +179,4 @@ def test_build_with_activation_lut_csim_and_predict(tmp_path, capsys):
                          str(tmp_path / f"y_{engine}.npy"), "--engine", engine]) == 0
         ys.append(np.load(tmp_path / f"y_{engine}.npy"))
     assert np.array_equal(ys[0], ys[1])
-    assert np.array_equal(ys[0], _execute_onnx(out / "model.onnx", x))
+    assert np.array_equal(ys[0], execute_qonnx(out / "model.onnx", x))

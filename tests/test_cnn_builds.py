@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from codesign.accel import cli, flow
+from codesign.accel.qonnx_exec import execute_qonnx
 
 pytest.importorskip("sklearn")
-
-
-def _execute_onnx_batch(path: Path, x: np.ndarray) -> np.ndarray:
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.change_batchsize import ChangeBatchSize
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    m = ModelWrapper(str(path)).transform(ChangeBatchSize(len(x))).transform(InferShapes())
-    return execute_onnx(m, {m.graph.input[0].name: x})[m.graph.output[0].name]
 
 
 def _digits_test() -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +32,7 @@ def test_cnn_zoo_build_predict_equals_execute_onnx(model, board, tmp_path, capsy
     assert cli.main(["predict", str(out), "--input", str(tmp_path / "x.npy"), "--output",
                      str(tmp_path / "y.npy")]) == 0
     y = np.load(tmp_path / "y.npy")
-    ye = _execute_onnx_batch(out / "model.onnx", x)
+    ye = execute_qonnx(out / "model.onnx", x)
     assert y.shape == ye.shape == (len(x), 10)
     assert np.array_equal(y, ye)  # every logit of all 397 test digits
     # the deployed model classifies digits (chance is 10 %)

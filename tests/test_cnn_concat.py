@@ -11,6 +11,7 @@ import pytest
 
 from codesign.accel import cli
 from codesign.accel.lower import lower
+from codesign.accel.qonnx_exec import execute_qonnx
 from codesign.hls import csim
 from codesign.sim.run_ir import run_reference
 
@@ -65,16 +66,6 @@ def cat_file(tmp_path_factory):
     return _export(False, tmp_path_factory.mktemp("cat") / "cat.onnx")
 
 
-def _execute_onnx(path, x):
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.change_batchsize import ChangeBatchSize
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    m = ModelWrapper(str(path)).transform(ChangeBatchSize(len(x))).transform(InferShapes())
-    return execute_onnx(m, {m.graph.input[0].name: x})[m.graph.output[0].name]
-
-
 def _x(n, seed):
     return (np.random.default_rng(seed).standard_normal((n, 1, 8, 8)) * 2).astype(np.float32)
 
@@ -87,7 +78,7 @@ def test_concat_lowered_and_exact(cat_file):
     assert ir.tensors[cat.outputs[0]].shape == (1, 7, 8, 8)
     x = _x(200, 0)
     y = run_reference(ir, {ir.inputs[0].onnx_name: x})[ir.outputs[0].onnx_name]
-    assert np.array_equal(y, _execute_onnx(cat_file, x))
+    assert np.array_equal(y, execute_qonnx(cat_file, x))
 
 
 @needs_csim
@@ -105,4 +96,4 @@ def test_concat_build_csim_predict(tmp_path, capsys):
                          str(tmp_path / f"y_{engine}.npy"), "--engine", engine]) == 0
         ys.append(np.load(tmp_path / f"y_{engine}.npy"))
     assert np.array_equal(ys[0], ys[1])
-    assert np.array_equal(ys[0], _execute_onnx(f, x))
+    assert np.array_equal(ys[0], execute_qonnx(f, x))

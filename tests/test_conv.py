@@ -35,6 +35,7 @@ from onnx import helper
 
 from codesign.accel import cli, ops
 from codesign.accel.lower import LoweringError, lower
+from codesign.accel.qonnx_exec import execute_qonnx
 from codesign.hls import csim
 from codesign.sim import reference as R
 from codesign.sim.run_ir import run_reference
@@ -218,16 +219,6 @@ def cnn_files(tmp_path_factory):
     return {e: export_cnn(d / f"cnn_{'exact' if e else 'requant'}.onnx", e) for e in (True, False)}
 
 
-def _execute_onnx(path, x: np.ndarray) -> np.ndarray:
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.change_batchsize import ChangeBatchSize
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    m = ModelWrapper(str(path)).transform(ChangeBatchSize(len(x))).transform(InferShapes())
-    return execute_onnx(m, {m.graph.input[0].name: x})[m.graph.output[0].name]
-
-
 def _tie_elements(ir, trace) -> dict[str, np.ndarray]:
     """Per rounding op (requant, avgpool2d): where its input meets an exact tie
     (acc*M ≡ 2^(sh-1) mod 2^sh), as a boolean array of the op's output shape."""
@@ -268,7 +259,7 @@ def test_cnn_threshold_all_equals_execute_onnx(cnn_files):
         ir = lower(f, threshold_all=True)
         assert "requant" not in [o.op for o in ir.ops]
         y = run_reference(ir, {ir.inputs[0].onnx_name: x})[ir.outputs[0].onnx_name]
-        ye = _execute_onnx(f, x)
+        ye = execute_qonnx(f, x)
         assert y.shape == ye.shape == (500, 10)
         assert np.array_equal(y, ye)
         assert len(np.unique(y)) > 100  # not degenerate (the model is untrained: logits, not accuracy)
@@ -285,7 +276,7 @@ def test_cnn_requant_differs_only_at_ties(cnn_files):
     name = ir.inputs[0].onnx_name
     y, tr = run_reference(ir, {name: x}, trace=True)
     _, tx = run_reference(ir_x, {name: x}, trace=True)
-    ye = _execute_onnx(f, x)
+    ye = execute_qonnx(f, x)
     ties = _tie_elements(ir, tr)
     assert ties and sum(int(t.sum()) for t in ties.values()) > 0
     # the depthwise requant: same input codes in both IRs (everything before it is exact)
@@ -319,10 +310,10 @@ def test_cnn_build_predict_equals_execute_onnx(cnn_files, tmp_path, capsys):
                          str(tmp_path / f"y_{engine}.npy"), "--engine", engine]) == 0
         ys.append(np.load(tmp_path / f"y_{engine}.npy"))
     assert np.array_equal(ys[0], ys[1])
-    ye = _execute_onnx(out / "model.onnx", x)
+    ye = execute_qonnx(out / "model.onnx", x)
     assert ys[0].shape == ye.shape == (300, 10)
     assert np.array_equal(ys[0], ye)
-    assert np.array_equal(ye, _execute_onnx(cnn_files[True], x))
+    assert np.array_equal(ye, execute_qonnx(cnn_files[True], x))
 
 
 # ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from codesign.accel import cli, flow
+from codesign.accel.qonnx_exec import execute_qonnx
 
 QONNX = "qonnx.custom_op.general"
 
@@ -175,16 +176,6 @@ def test_predict_csim_engine(mlp_build, tmp_path, capsys):
     assert np.array_equal(np.load(tmp_path / "ref.npy"), np.load(tmp_path / "csim.npy"))
 
 
-def _execute_onnx_batch(path: Path, x: np.ndarray) -> np.ndarray:
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.change_batchsize import ChangeBatchSize
-    from qonnx.transformation.infer_shapes import InferShapes
-
-    m = ModelWrapper(str(path)).transform(ChangeBatchSize(len(x))).transform(InferShapes())
-    return execute_onnx(m, {m.graph.input[0].name: x})[m.graph.output[0].name]
-
-
 def _predict_both(build: Path, x: np.ndarray, tmp_path: Path) -> np.ndarray:
     """``codesign predict`` with both engines; they must agree exactly."""
     np.save(tmp_path / "x.npy", x)
@@ -209,7 +200,7 @@ def test_bnn_build_predict_equals_execute_onnx(tmp_path, capsys):
     assert rep["bit_widths"]["weights"] == {"1": 2} and "threshold" in rep["ops"]
     x = (np.random.default_rng(3).standard_normal((40, 24)) * 2).astype(np.float32)
     y = _predict_both(out, x, tmp_path)
-    ye = _execute_onnx_batch(tmp_path / "bnn.onnx", x)
+    ye = execute_qonnx(tmp_path / "bnn.onnx", x)
     assert y.shape == ye.shape == (40, 16)
     assert np.array_equal(y, ye)
     assert set(np.unique(y)) == {-1.0, 1.0}
@@ -226,7 +217,7 @@ def test_float_scale_mlp_predict_within_one_lsb(tmp_path, capsys):
     assert cli.main(["build", str(tmp_path / "mlp.onnx"), "--board", "zcu102", "--out", str(out)]) == 0
     x = (np.random.default_rng(11).standard_normal((500, 16)) * 2).astype(np.float32)
     y = _predict_both(out, x, tmp_path)
-    ye = _execute_onnx_batch(tmp_path / "mlp.onnx", x)
+    ye = execute_qonnx(tmp_path / "mlp.onnx", x)
     ir = irm.load(out / "ir")
     s_out = np.float64(ir.tensors[ir.ops[-1].inputs[0]].scale.value)
     lsb = np.abs(np.round(y / s_out) - np.round(ye / s_out))
