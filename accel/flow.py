@@ -661,14 +661,16 @@ def _takes_folding(emit) -> bool:
 
 
 def _build_folding(rep: dict) -> dict[str, tuple[int, int]] | None:
-    """The folding a build passed to the emitter, from its report: the search's
-    ``dataflow.folding`` when ``dataflow.emitted_folding`` says the kernels were emitted
-    with it; ``None`` (PE = SIMD = 1) otherwise, e.g. for builds made before the emitter
-    took a folding."""
-    df = rep.get("dataflow") or {}
-    if df.get("emitted_folding") is None or "folding" not in df:
+    """The folding a build passed to the emitter, from its report: each layer's
+    ``requested`` (PE, SIMD) in ``dataflow.emitted_folding`` (the HLS form of the search's
+    folding, ``FoldingPlan.hls_folding``: a bipolar padded conv's SIMD is halved there, so
+    ``dataflow.folding`` itself would emit different C++); ``None`` (PE = SIMD = 1) when no
+    HLS project was emitted with a folding, e.g. for builds made before the emitter took one."""
+    rows = (rep.get("dataflow") or {}).get("emitted_folding")
+    if not rows:
         return None
-    return {f["name"]: (int(f["PE"]), int(f["SIMD"])) for f in df["folding"]}
+    return {r["name"]: (int(r["requested"]["PE"]), int(r["requested"]["SIMD"])) for r in rows
+            if r.get("kernel") is not None}
 
 
 # --------------------------------------------------------------------------------------

@@ -32,6 +32,11 @@ def test_cnn_zoo_build_predict_equals_execute_onnx(model, board, tmp_path, capsy
     assert cli.main(["predict", str(out), "--input", str(tmp_path / "x.npy"), "--output",
                      str(tmp_path / "y.npy")]) == 0
     y = np.load(tmp_path / "y.npy")
+    # the compiled C++ (re-emitted with the build's folding: its sources must equal DIR/hls)
+    np.save(tmp_path / "x40.npy", x[:40])
+    assert cli.main(["predict", str(out), "--input", str(tmp_path / "x40.npy"), "--output",
+                     str(tmp_path / "y40.npy"), "--engine", "csim"]) == 0
+    assert np.array_equal(np.load(tmp_path / "y40.npy"), y[:40])
     ye = execute_qonnx(out / "model.onnx", x)
     assert y.shape == ye.shape == (len(x), 10)
     assert np.array_equal(y, ye)  # every logit of all 397 test digits
