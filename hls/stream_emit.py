@@ -23,7 +23,10 @@ channel index of each beat, computed from the order); ``transpose`` is a relabel
 (perms compose, no stage); ``reshape``/``flatten``/``identity`` alias the stream when the
 input's order is its C order (size-1 axes ignored), else a reorder stage re-emits it in C
 order first; ``matmul`` needs the reduction axis innermost; an ``add`` whose inputs differ
-in order reorders the second. Input stages read their port in the order the consumers
+in order reorders the second; ``lut`` is elementwise; ``concat`` (any non-batch axis) keeps
+its first input's order, reorders the others to it where they differ, and interleaves the
+inputs' slabs (NHWC along channels: per pixel the first input's channels, then the
+second's). Input stages read their port in the order the consumers
 prefer (a backward pass through elementwise ops and transposes), output stages write their
 port in C order from any stream order.
 
@@ -43,8 +46,8 @@ from codesign.hls.emit import (_Buf, _Emitter, _Port, _b, _intt, _port_ctype, _r
 
 __all__ = ["STREAM_OPS", "StreamUnsupportedError", "StreamEmitter", "has_conv"]
 
-STREAM_OPS = ("conv2d", "matmul", "threshold", "requant", "add", "maxpool2d", "avgpool2d", "transpose", "reshape",
-              "flatten", "identity")
+STREAM_OPS = ("conv2d", "matmul", "threshold", "requant", "add", "lut", "maxpool2d", "avgpool2d", "concat", "transpose",
+              "reshape", "flatten", "identity")
 """Accelerator ops with a stream form (conv2d / matmul: dense, constant weight)."""
 
 NHWC = (1, 2, 0)  # perm of a (C, H, W) tensor whose stream is channels-last
@@ -226,15 +229,18 @@ class StreamEmitter(_Emitter):
             want = None
             if op.op in ("conv2d", "maxpool2d", "avgpool2d") and len(self.ir.tensors[x].shape) == 4:
                 want = NHWC
-            elif op.op in ("threshold", "requant", "identity", "add"):
+            elif op.op in ("threshold", "requant", "lut", "identity", "add", "concat"):
                 want = self.pref.get(op.outputs[0])
             elif op.op == "transpose":
                 r = self.pref.get(op.outputs[0])
                 if r is not None:
                     p = [a - 1 for a in op.attrs["perm"][1:]]
                     want = tuple(p[r[i]] for i in range(len(r)))
-            if want is not None and x not in self.pref:
-                self.pref[x] = want
+            if want is None:
+                continue
+            for t in (op.inputs if op.op == "concat" else [x]):  # a concat's inputs: one order
+                if t not in self.pref:
+                    self.pref[t] = want
 
     # -- ops -------------------------------------------------------------------------
     def emit_op(self, op: Op) -> None:
@@ -419,6 +425,51 @@ class StreamEmitter(_Emitter):
                      f"{y.stream.cls}, {a.stream.count}, {mbits}>(a, b, ap_uint<{mbits}>({Ma}), ap_uint<{mbits}>({Mb}), "
                      f"ap_uint<6>({sh}), out);"],
                     [ta, tb, y.stream.ident], [ta, tb], [y.stream.ident])
+
+    def sop_lut(self, op: Op) -> None:
+        """§4 table, elementwise: the output keeps the input's order (``stream_lut``)."""
+        X = CodeType.from_json(op.attrs["in_type"])
+        x = self.view(op, op.inputs[0])
+        Y = self.tcls(self.ir.tensors[op.outputs[0]])
+        n = self.ir.constants[op.inputs[1]].values.size
+        table = self.const(op.inputs[1], Y, 1, n)
+        tok = self.use(x)
+        y = self.out_view(op, Y, x.perm)
+        self._stage(op, "lut",
+                    [f"{self.st(x.stream)} in", f"const {Y}::storage table[{n}]", f"{self.st(y.stream)} out"],
+                    [f"codesign::stream_lut<{x.stream.cls}, {_intt(X)}, {Y}, {x.stream.count}>(in, table, out);"],
+                    [tok, f"{table.name}[0]", y.stream.ident], [tok], [y.stream.ident])
+
+    def sop_concat(self, op: Op) -> None:
+        """Concatenation along any non-batch axis, in the first input's order: every other
+        input is brought to that order (a relabelling, else a reorder stage), then joined
+        by a chain of two-input ``stream_concat`` stages. In the order ``perm`` the stream
+        is OUTER blocks (the axes before the concat axis), each the first input's slab (its
+        extent of the axis times the axes after it) then the second's; for NHWC streams
+        concatenated along channels: per pixel, C1 beats then C2 beats."""
+        ax = int(op.attrs["axis"]) - 1
+        views = [self.view(op, name) for name in op.inputs]
+        perm = views[0].perm
+        if ax < 0 or ax >= len(views[0].shape):
+            raise _no(op, f"axis {ax + 1} of an input of shape {list(views[0].shape)}")
+        Y = self.tcls(self.ir.tensors[op.outputs[0]])
+        j = perm.index(ax)
+        a = views[0]
+        for i, nxt in enumerate(views[1:], 1):
+            b = self.need(op, nxt, perm)
+            outer = math.prod(a.shape[q] for q in perm[:j])
+            inner = math.prod(a.shape[q] for q in perm[j + 1:])
+            shape = a.shape[:ax] + (a.shape[ax] + b.shape[ax],) + a.shape[ax + 1:]
+            ta, tb = self.use(a), self.use(b)
+            if i == len(views) - 1:
+                y = self.out_view(op, Y, perm)
+            else:
+                y = _View(self.new_stream(Y, math.prod(shape), f"{op.name} inputs 0..{i}"), shape, perm)
+            self._stage(op, "concat", [f"{self.st(a.stream)} a", f"{self.st(b.stream)} b", f"{self.st(y.stream)} out"],
+                        [f"codesign::stream_concat<{a.stream.cls}, {b.stream.cls}, {Y}, {outer}, "
+                         f"{a.shape[ax] * inner}, {b.shape[ax] * inner}>(a, b, out);"],
+                        [ta, tb, y.stream.ident], [ta, tb], [y.stream.ident], f"_{i}" if len(views) > 2 else "")
+            a = y
 
     def _pool(self, op: Op, X: CodeType, Y: CodeType, avg: bool, M: int, sh: int) -> None:
         xt, yt = self.ir.tensors[op.inputs[0]], self.ir.tensors[op.outputs[0]]

@@ -1,20 +1,23 @@
 """The streaming top level of the HLS emitter (``emit_project(..., style="stream")``,
-``codesign.hls.stream_emit``, ``include/codesign/stream.h``; docs/dataflow.md "Streaming top
-level").
+``codesign.hls.stream_emit``, ``include/codesign/stream.h``; docs/dataflow.md "Streaming
+top level").
 
 For IRs lowered from real QONNX exports (the Brevitas CNN of tests/test_conv.py: conv +
 BatchNorm thresholds, maxpool, depthwise stride-2 conv with bias + requant, avgpool,
 flatten -> linear; the tiny Bi-Real BNN of codesign.quantize.bnn: bipolar convs, residual
 adds, a downsampling fork/join, global average pooling, linear head) and the pruned IR of
-tests/test_sparse.py (conv -> requant -> flatten of an NHWC stream: a reorder stage), both
-styles are emitted for random inputs and compiled with g++: the testbench compares every
-output code with ``==`` against the numpy reference (``codesign.sim.run_ir``'s golden
-outputs, an independent implementation), at PE = SIMD = 1 and folded (PE, SIMD > 1, SIMD
-not dividing K). Also: the stream top has a DATAFLOW region and a depth for every stream,
-the C simulation leaves no stream with leftover data and reads none while empty, the
-kernels' CODESIGN_TRIP count equals the buffer style's (the cost model tests rely on it),
-emitting twice gives identical bytes, and an op without a stream form falls back to
-buffers under "auto" and is a one-line error under "stream".
+tests/test_sparse.py (conv -> requant -> flatten of an NHWC stream: a reorder stage), a
+tabulated Sigmoid (tests/test_activation_lut.py: conv -> requant -> §4 lut -> linear) and
+concatenations (tests/test_cnn_concat.py: two conv branches joined along channels; inline:
+three branches along channels, then two along the height), both styles are emitted for
+random inputs and compiled with g++: the testbench compares every output code with ``==``
+against the numpy reference (``codesign.sim.run_ir``'s golden outputs, an independent
+implementation), at PE = SIMD = 1 and folded (PE, SIMD > 1, SIMD not dividing K). Also:
+the stream top has a DATAFLOW region and a depth for every stream, the C simulation leaves
+no stream with leftover data and reads none while empty, the kernels' CODESIGN_TRIP count
+equals the buffer style's (the cost model tests rely on it), emitting twice gives
+identical bytes, and an op without a stream form falls back to buffers under "auto" and is
+a one-line error under "stream".
 """
 from __future__ import annotations
 
@@ -290,3 +293,172 @@ def test_rows_no_window_reads_are_drained(tmp_path):
     s = _emit(ir, tmp_path / "s", x, "stream")
     _stream_checks(s)
     _check_csim(s)
+
+
+# ---------------------------------------------------------------------------------------
+# lut and concat
+
+
+def _calibrated_export(m, shape: tuple, path: Path) -> Path:
+    """Brevitas model ``m``: three training-mode passes of random batches (the activation
+    quantizers' statistics), then eval and QONNX export for inputs of ``shape``."""
+    import torch
+    from brevitas.export import export_qonnx
+
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.randn(8, *shape[1:]) * 2)
+    m.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qonnx(m, torch.zeros(*shape), export_path=str(path))
+    return path
+
+
+def _concat3_file(path: Path) -> Path:
+    """int8 1x6x5 -> four conv branches (2, 3, 2, 7 channels; 3x3 pad 1 or 1x1) -> one shared
+    int8 quantizer -> cat of the first three along channels (7x6x5) -> cat with the fourth
+    along the height (7x12x5) -> conv 7->4 3x3 stride 2 -> int8. Power-of-two scales (exact
+    with ``threshold_all``)."""
+    import torch
+    import brevitas.nn as qnn
+    from brevitas.quant import Int8ActPerTensorFixedPoint as A, Int8WeightPerTensorFixedPoint as Wq
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q0 = qnn.QuantIdentity(act_quant=A, return_quant_tensor=True)
+            self.branches = torch.nn.ModuleList(
+                qnn.QuantConv2d(1, n, k, padding=k // 2, weight_quant=Wq, weight_bit_width=4, bias=False)
+                for n, k in ((2, 3), (3, 1), (2, 3), (7, 1)))
+            self.q = qnn.QuantIdentity(act_quant=A, return_quant_tensor=True)  # shared: one scale for all
+            self.head = qnn.QuantConv2d(7, 4, 3, stride=2, weight_quant=Wq, weight_bit_width=4, bias=False)
+            self.q3 = qnn.QuantIdentity(act_quant=A)
+
+        def forward(self, x):
+            x = self.q0(x)
+            a, b, c, d = (self.q(m(x)) for m in self.branches)
+            return self.q3(self.head(torch.cat([torch.cat([a, b, c], dim=1), d], dim=2)))
+
+    torch.manual_seed(4)
+    return _calibrated_export(M(), (1, 1, 6, 5), path)
+
+
+def _concat_mixed_file(path: Path) -> Path:
+    """int8 2x4x3 -> [conv 2->3 3x3 pad 1 | flatten -> linear 24->24 -> reshape to 2x4x3] ->
+    shared int8 quantizer -> cat along channels (5x4x3) -> conv 5->2 3x3 -> int8: the conv
+    branch streams NHWC, the linear branch in C order."""
+    import torch
+    import brevitas.nn as qnn
+    from brevitas.quant import Int8ActPerTensorFixedPoint as A, Int8WeightPerTensorFixedPoint as Wq
+
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q0 = qnn.QuantIdentity(act_quant=A, return_quant_tensor=True)
+            self.conv = qnn.QuantConv2d(2, 3, 3, padding=1, weight_quant=Wq, weight_bit_width=4, bias=False)
+            self.fc = qnn.QuantLinear(24, 24, weight_quant=Wq, weight_bit_width=4, bias=False)
+            self.q = qnn.QuantIdentity(act_quant=A, return_quant_tensor=True)
+            self.head = qnn.QuantConv2d(5, 2, 3, weight_quant=Wq, weight_bit_width=4, bias=False)
+            self.q3 = qnn.QuantIdentity(act_quant=A)
+
+        def forward(self, x):
+            x = self.q0(x)
+            b = self.q(self.fc(torch.flatten(x, 1))).reshape(-1, 2, 4, 3)
+            return self.q3(self.head(torch.cat([self.q(self.conv(x)), b], dim=1)))
+
+    torch.manual_seed(4)
+    return _calibrated_export(M(), (1, 2, 4, 3), path)
+
+
+@pytest.fixture(scope="module")
+def lut_ir(tmp_path_factory):
+    act = _helpers("test_activation_lut")  # int8 conv -> requant -> Sigmoid as a §4 lut -> linear
+
+    d = tmp_path_factory.mktemp("slut")
+    ir = lower(act._export(act._model("sigmoid"), d / "sigmoid.onnx"))
+    return ir, act._inputs(CASES, seed=13)
+
+
+@pytest.fixture(scope="module")
+def cat_ir(tmp_path_factory):
+    cat = _helpers("test_cnn_concat")  # two conv branches -> concat along channels -> conv
+
+    d = tmp_path_factory.mktemp("scat")
+    ir = lower(cat._export(False, d / "cat.onnx"), threshold_all=True)
+    return ir, cat._x(CASES, 14)
+
+
+@pytest.fixture(scope="module")
+def cat3_ir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scat3")
+    ir = lower(_concat3_file(d / "cat3.onnx"), threshold_all=True)
+    x = (np.random.default_rng(15).standard_normal((CASES, 1, 6, 5)) * 2).astype(np.float32)
+    return ir, x
+
+
+def test_lut_and_concat_irs(lut_ir, cat_ir, cat3_ir):
+    assert "lut" in {o.op for o in lut_ir[0].ops}
+    cats = [o for o in cat_ir[0].ops if o.op == "concat"]
+    assert len(cats) == 1 and cats[0].attrs["axis"] == 1 and len(cats[0].inputs) == 2
+    cats = [(len(o.inputs), o.attrs["axis"]) for o in cat3_ir[0].ops if o.op == "concat"]
+    assert cats == [(3, 1), (2, 2)]
+
+
+@pytest.mark.parametrize("which", ["lut", "cat", "cat3"])
+@pytest.mark.parametrize("fold", [False, True])
+def test_lut_and_concat_stream(which, fold, lut_ir, cat_ir, cat3_ir, tmp_path):
+    """A §4 lut and channel / height concats have stream forms: "auto" emits the stream top
+    (no fallback to buffers), both styles pass the testbench (== the numpy reference) and
+    count the same kernel iterations. The lut keeps the conv's NHWC order (the flatten
+    before the linear then reorders); concatenated NHWC streams need no reorder: along
+    channels a stage alternates C1 beats of one input and C2 of the other per pixel, along
+    the height it passes one input's rows, then the other's."""
+    ir, x = {"lut": lut_ir, "cat": cat_ir, "cat3": cat3_ir}[which]
+    folding = {o.name: (2, 3) for o in ir.ops if o.op in ("conv2d", "matmul")} if fold else None
+    s = _emit(ir, tmp_path / "stream", x, "stream", folding)
+    b = _emit(ir, tmp_path / "buffers", x, "buffers", folding)
+    a = _emit(ir, tmp_path / "auto", x, "auto", folding)
+    assert _tree(a) == _tree(s)
+    src = _stream_checks(s)
+    calls = [c.split("_", 2)[2] for c in re.findall(r"^    cs_stream::(st_\w+)\(", src, re.M)]
+    if which == "lut":
+        assert "lut_0" in calls and calls.count("reorder") == 1  # the flatten of the NHWC stream
+        assert re.search(r"codesign::stream_lut<codesign::IntT<8, true, false>, codesign::IntT<8, true, false>, "
+                         r"codesign::IntT<\d+, (true|false), (true|false)>, 256>\(in, table, out\);", src)
+    elif which == "cat":
+        assert "reorder" not in calls and calls.count("concat_0") == 1
+        # (C, H, W) = (4 + 3, 8, 8) in NHWC: 64 pixels of 4 beats, then 3
+        assert re.search(r"codesign::stream_concat<[^;]*, 64, 4, 3>\(a, b, out\);", src)
+    else:
+        assert "reorder" not in calls and calls.count("concat_0_1") == calls.count("concat_0_2") == 1
+        assert calls.count("concat_1") == 1
+        # channels of 6x5 NHWC: 30 pixels of 2 + 3 (chain), then of 5 + 2; the height of a
+        # 7x6x5 and a 7x6x5 tensor in NHWC: one block, 6*5*7 beats of each
+        assert re.search(r"stream_concat<[^;]*, 30, 2, 3>\(a, b, out\);", src)
+        assert re.search(r"stream_concat<[^;]*, 30, 5, 2>\(a, b, out\);", src)
+        assert re.search(r"stream_concat<[^;]*, 1, 210, 210>\(a, b, out\);", src)
+    _check_csim(s)
+    _check_csim(b)
+    assert _trip_count(s, tmp_path / "ts") == _trip_count(b, tmp_path / "tb")
+
+
+def test_concat_reorders_the_second_input(tmp_path):
+    """Inputs of a concat in different orders: the second is re-emitted in the first's
+    order. Here the input is read NHWC (for the conv), so the flatten before the linear
+    reorders it to C order, and the concat reorders the linear branch's C-order stream to
+    NHWC: two reorder stages; both styles == the reference, equal trip counts."""
+    ir = lower(_concat_mixed_file(tmp_path / "mixed.onnx"), threshold_all=True)
+    assert [o.op for o in ir.ops].count("concat") == 1
+    x = (np.random.default_rng(16).standard_normal((CASES, 2, 4, 3)) * 2).astype(np.float32)
+    s = _emit(ir, tmp_path / "s", x, "auto")
+    src = _stream_checks(s)
+    calls = [c.split("_", 2)[2] for c in re.findall(r"^    cs_stream::(st_\w+)\(", src, re.M)]
+    assert calls.count("reorder") == 2 and calls[calls.index("concat_0") - 1] == "reorder"
+    assert re.search(r"stream_concat<[^;]*, 12, 3, 2>\(a, b, out\);", src)  # 4x3 pixels: 3 beats, then 2
+    assert "2 reorder stage(s)" in (s / "README.md").read_text()
+    b = _emit(ir, tmp_path / "b", x, "buffers")
+    _check_csim(s)
+    _check_csim(b)
+    assert _trip_count(s, tmp_path / "ts") == _trip_count(b, tmp_path / "tb")

@@ -87,6 +87,110 @@ struct ConvGeom {
     static const int H_USED = LAST < H ? (LAST > 0 ? LAST : 0) : H;
 };
 
+// Storage of a stage's working buffers (line buffers, windows; stream.h's reorder and
+// pooling buffers too). Synthesis: a local array, one per function instance (a static would
+// be one memory shared by every caller of the same template instance, e.g. two concurrent
+// DATAFLOW stages). C simulation: static, off the C stack; exact because every caller fills
+// the buffer before it reads it, and the calls run one after another.
+#ifndef __SYNTHESIS__
+#define CODESIGN_STAGE_BUF static
+#else
+#define CODESIGN_STAGE_BUF
+#endif
+
+// §11 sliding-window generator, shared by Conv2d and SparseConv2d (sparse.h): a line buffer
+// of the last EH input rows (all channels), refilled row by row from a row source, and
+// per output row a sequence of SIMD-wide im2col chunks chosen by a plan.
+//
+// Row source (SRC): where input element (channel c, row h, column col) comes from.
+//   static const bool channels_last   the order in which load() is called within a row:
+//                                     false: c outer, col inner (an NCHW array, ArrayRows);
+//                                     true: col outer, c inner (an NHWC stream, stream.h)
+//   x_t load(int h, int c, int col)   called once per element of rows 0 .. H_USED-1, rows
+//                                     in ascending order, one call per cycle
+// Plan (PLAN): which chunks are emitted per output row.
+//   typedef ... Chunk                  the stream's element (holds d[SIMD] and valid)
+//   static const int PER_ROW           chunks per output row
+//   void next(lb, top, ch)             fills chunk ch of the current output row (first input
+//                                      row of its windows: top, may be < 0) with lanes(),
+//                                      then advances; called PER_ROW times per output row
+// Cycles: H_USED*IC*W (loads, one element per cycle) + OH*PER_ROW (emits), all counted
+// by CODESIGN_SWG_TRIP().
+template <class X, int IC, int H, int W, int KH, int KW, int SH, int SW, int PT, int PL, int PB, int PR, int DH,
+          int DW, int G, int SIMD>
+struct ConvWindow {
+    typedef ConvGeom<H, W, KH, KW, SH, SW, PT, PL, PB, PR, DH, DW> geom;
+    static const int OH = geom::OH, OW = geom::OW, EH = geom::EH;
+    static const int ICG = IC / G;
+    static const int K = ICG * KH * KW;
+    typedef typename X::storage x_t;
+
+    // Row source over the NCHW array x[IC*H][W] (row index c*H + h).
+    struct ArrayRows {
+        static const bool channels_last = false;
+        const x_t (*x)[W];
+        explicit ArrayRows(const x_t xa[IC * H][W]) : x(xa) {}
+        CODESIGN_ALWAYS_INLINE x_t load(int h, int c, int col) const { return x[c * H + h][col]; }
+    };
+
+    // Lanes j < SIMD of group g's im2col row at output column ow, elements k = f*SIMD + j
+    // (k = (c*KH + u)*KW + v): d[j] = x[g*ICG + c][top + u*DH][ow*SW - PL + v*DW] from the
+    // line buffer, valid[j] = 1 iff `on`, k < K and the position lies inside the image
+    // (padding and the tail beyond K are invalid and contribute 0; their d[j] is some
+    // in-range line-buffer word).
+    CODESIGN_ALWAYS_INLINE static void lanes(const x_t lb[EH][IC][W], int top, int ow, int g, int f, bool on,
+                                             x_t d[SIMD], ap_uint<SIMD>& valid) {
+#pragma HLS INLINE
+    swg_lane:
+        for (int j = 0; j < SIMD; ++j) {
+#pragma HLS UNROLL
+            const int k = f * SIMD + j;
+            const int c = g * ICG + k / (KH * KW);
+            const int u = (k / KW) % KH, v = k % KW;
+            const int ih = top + u * DH;
+            const int iw = ow * SW - PL + v * DW;
+            const bool inside = on && k < K && ih >= 0 && ih < H && iw >= 0 && iw < W;
+            d[j] = lb[inside ? ih % EH : 0][inside ? c : 0][inside ? iw : 0];
+            valid[j] = inside ? 1 : 0;
+        }
+    }
+
+    // The generator: OH output rows, each loading the input rows its windows need (up to
+    // row min(top + EH, H) - 1) and emitting PLAN::PER_ROW chunks to s. Reads rows
+    // 0 .. H_USED-1 of the source and no more.
+    template <class SRC, class PLAN>
+    static void run(SRC& src, PLAN& plan, hls::stream<typename PLAN::Chunk>& s) {
+#pragma HLS INLINE
+        CODESIGN_STAGE_BUF x_t lb[EH][IC][W];  // line buffer: input row r in slot r % EH
+#pragma HLS ARRAY_PARTITION variable = lb cyclic factor = SIMD dim = 3
+        int loaded = 0;  // input rows 0 .. loaded-1 have been read
+    swg_rows:
+        for (int oh = 0; oh < OH; ++oh) {
+            const int top = oh * SH - PT;
+            const int need = top + EH < H ? top + EH : H;  // rows below `need` must be present
+        swg_load:
+            for (; loaded < need; ++loaded) {
+            swg_load_row:
+                for (int i = 0; i < IC * W; ++i) {
+#pragma HLS PIPELINE II = 1
+                    CODESIGN_SWG_TRIP();
+                    const int c = SRC::channels_last ? i % IC : i / W;
+                    const int col = SRC::channels_last ? i / IC : i % W;
+                    lb[loaded % EH][c][col] = src.load(loaded, c, col);
+                }
+            }
+        swg_emit:
+            for (int i = 0; i < PLAN::PER_ROW; ++i) {
+#pragma HLS PIPELINE II = 1
+                CODESIGN_SWG_TRIP();
+                typename PLAN::Chunk ch;
+                plan.next(lb, top, ch);
+                s.write(ch);
+            }
+        }
+    }
+};
+
 // §11 convolution unit (sliding-window generator + folded MVAU).
 //
 //   X, Wt      code types of the input (1..8 bits, 1 = bipolar) and the weights (signed or
@@ -99,12 +203,19 @@ struct ConvGeom {
 //   SIMD       im2col elements per cycle per PE, 1 <= SIMD (the last fold is masked when
 //              SIMD does not divide K)
 //   HAS_BIAS, B_LO, B_HI, ACC_BITS as codesign::Mvau (matmul.h).
+//
+// Each stage exists once, as a template over its ends: swg_from(src, s) over a row source
+// (ConvWindow), mvau_to(s, w, bias, sink) over an accumulator sink (sink.write(o, pix, acc):
+// output channel o of output pixel pix, raster order; called in pixel order and, within a
+// pixel, for o ascending, the PE channels of one iteration in one cycle). swg() / mvau()
+// are their array forms (NCHW x, y[OC*OH][OW]); stream.h's StreamConv2d their stream forms.
 template <class X, class Wt, int IC, int H, int W, int OC, int KH, int KW, int SH = 1, int SW = 1, int PT = 0,
           int PL = 0, int PB = 0, int PR = 0, int DH = 1, int DW = 1, int G = 1, int PE = 1, int SIMD = 1,
           bool HAS_BIAS = false, long long B_LO = (HAS_BIAS ? -2147483648LL : 0LL),
           long long B_HI = (HAS_BIAS ? 2147483647LL : 0LL), int ACC_BITS = 0>
 struct Conv2d {
-    typedef ConvGeom<H, W, KH, KW, SH, SW, PT, PL, PB, PR, DH, DW> geom;
+    typedef ConvWindow<X, IC, H, W, KH, KW, SH, SW, PT, PL, PB, PR, DH, DW, G, SIMD> window;
+    typedef typename window::geom geom;
     static const int OH = geom::OH, OW = geom::OW, EH = geom::EH;
     static const int ICG = IC / G, OCG = OC / G;
     static const int K = ICG * KH * KW;
@@ -145,9 +256,35 @@ struct Conv2d {
         ap_uint<SIMD> valid;
     };
 
+    // The dense plan (ConvWindow): per output pixel of the row, for every group g, the
+    // group's im2col row as SF chunks, i.e. chunk (ow, g, sf) in that order.
+    struct Plan {
+        typedef Conv2d::Chunk Chunk;
+        static const int PER_ROW = OW * G * SF;
+        int ow, g, sf;
+        Plan() : ow(0), g(0), sf(0) {}
+        CODESIGN_ALWAYS_INLINE void next(const x_t lb[EH][IC][W], int top, Chunk& ch) {
+            window::lanes(lb, top, ow, g, sf, true, ch.d, ch.valid);
+            if (++sf == SF) {
+                sf = 0;
+                if (++g == G) {
+                    g = 0;
+                    if (++ow == OW) ow = 0;
+                }
+            }
+        }
+    };
+
+    // Accumulator sink of the array form: y[OC*OH][OW] (NCHW, row index o*OH + i).
+    struct ArraySink {
+        acc_t (*y)[OW];
+        explicit ArraySink(acc_t ya[OC * OH][OW]) : y(ya) {}
+        CODESIGN_ALWAYS_INLINE void write(int o, int pix, const acc_t& a) { y[o * OH + pix / OW][pix % OW] = a; }
+    };
+
     // The cost model's count (MVAU, II = 1 iterations) and the generator's.
     static long long mvau_cycles() { return (long long)OH * OW * NF * SF; }
-    static long long swg_cycles() { return (long long)geom::H_USED * IC * W + (long long)OH * OW * G * SF; }
+    static long long swg_cycles() { return (long long)geom::H_USED * IC * W + (long long)OH * Plan::PER_ROW; }
 
     // §11 without bias.
     static void run(const x_t x[IC * H][W], const w_t w[OC][K], acc_t y[OC * OH][OW]) {
@@ -163,57 +300,37 @@ struct Conv2d {
         top(x, w, bias, y);
     }
 
-    // Stage 1: the sliding-window generator. Writes OH*OW*G*SF chunks to s.
+    // Stage 1, array form: the sliding-window generator over the NCHW input. Writes
+    // OH*OW*G*SF chunks to s.
     static void swg(const x_t x[IC * H][W], hls::stream<Chunk>& s) {
 #pragma HLS INLINE off
-        static x_t lb[EH][IC][W];  // line buffer: input row r in slot r % EH
-#pragma HLS ARRAY_PARTITION variable = lb cyclic factor = SIMD dim = 3
-        int loaded = 0;  // input rows 0 .. loaded-1 have been read
-    swg_rows:
-        for (int oh = 0; oh < OH; ++oh) {
-            const int top = oh * SH - PT;
-            const int need = top + EH < H ? top + EH : H;  // rows below `need` must be present
-        swg_load:
-            for (; loaded < need; ++loaded) {
-            swg_load_row:
-                for (int i = 0; i < IC * W; ++i) {
-#pragma HLS PIPELINE II = 1
-                    CODESIGN_SWG_TRIP();
-                    const int c = i / W, col = i % W;
-                    lb[loaded % EH][c][col] = x[c * H + loaded][col];
-                }
-            }
-        swg_emit:
-            for (int i = 0; i < OW * G * SF; ++i) {
-#pragma HLS PIPELINE II = 1
-                CODESIGN_SWG_TRIP();
-                const int ow = i / (G * SF), g = (i / SF) % G, sf = i % SF;
-                Chunk ch;
-            swg_lane:
-                for (int j = 0; j < SIMD; ++j) {
-#pragma HLS UNROLL
-                    const int k = sf * SIMD + j;
-                    const int c = g * ICG + k / (KH * KW);
-                    const int u = (k / KW) % KH, v = k % KW;
-                    const int ih = top + u * DH;
-                    const int iw = ow * SW - PL + v * DW;
-                    const bool inside = k < K && ih >= 0 && ih < H && iw >= 0 && iw < W;
-                    // an in-range address either way; invalid lanes are masked in the MVAU
-                    ch.d[j] = lb[inside ? ih % EH : 0][inside ? c : 0][inside ? iw : 0];
-                    ch.valid[j] = inside ? 1 : 0;
-                }
-                s.write(ch);
-            }
-        }
+        typename window::ArrayRows src(x);
+        swg_from(src, s);
     }
 
-    // Stage 2: the folded MVAU over the window stream.
+    // Stage 1 over any row source (ConvWindow): reads input rows 0 .. H_USED-1.
+    template <class SRC>
+    static void swg_from(SRC& src, hls::stream<Chunk>& s) {
+#pragma HLS INLINE
+        Plan plan;
+        window::run(src, plan, s);
+    }
+
+    // Stage 2, array form: the folded MVAU over the window stream, into y.
     template <class BIAS>
     static void mvau(hls::stream<Chunk>& s, const w_t w[OC][K], BIAS bias, acc_t y[OC * OH][OW]) {
 #pragma HLS INLINE off
+        ArraySink sink(y);
+        mvau_to(s, w, bias, sink);
+    }
+
+    // Stage 2 into any accumulator sink (see above): OH*OW*NF*SF iterations at II = 1.
+    template <class BIAS, class SINK>
+    static void mvau_to(hls::stream<Chunk>& s, const w_t w[OC][K], BIAS bias, SINK& sink) {
+#pragma HLS INLINE
 #pragma HLS ARRAY_PARTITION variable = w cyclic factor = PE dim = 1
 #pragma HLS ARRAY_PARTITION variable = w cyclic factor = SIMD dim = 2
-        static Chunk win[G][SF];  // the current pixel's window, one im2col row per group
+        CODESIGN_STAGE_BUF Chunk win[G][SF];  // the current pixel's window, one im2col row per group
 #pragma HLS ARRAY_PARTITION variable = win complete dim = 1
         acc_t acc[PE];
 #pragma HLS ARRAY_PARTITION variable = acc complete
@@ -239,7 +356,7 @@ struct Conv2d {
                     // beyond K) add 0
                     lanes_t::template conv<K>(a, ch.d, ch.valid, w[o], sf);
                     acc[p] = a;
-                    if (sf == SF - 1) y[o * OH + pix / OW][pix % OW] = a;
+                    if (sf == SF - 1) sink.write(o, pix, a);
                 }
             }
             if (++sf == SF) {

@@ -294,14 +294,24 @@ struct Mvau {
         loop<ROWS>(a, w, bias, out);
     }
 
-   private:
-    template <int ROWS, class BIAS>
-    static void loop(const a_t a[ROWS][K], const w_t w[K][N], BIAS bias, acc_t out[ROWS][N]) {
+    // Accumulator sink of the array form: out[ROWS][N].
+    template <int ROWS>
+    struct ArraySink {
+        acc_t (*out)[N];
+        explicit ArraySink(acc_t o[ROWS][N]) : out(o) {}
+        CODESIGN_ALWAYS_INLINE void write(int n, int r, const acc_t& s) { out[r][n] = s; }
+    };
+
+    // The fold loop over ROWS rows of a into any accumulator sink: sink.write(n, r, acc)
+    // receives output n of row r, in row order and, within a row, n ascending (the PE
+    // outputs of one iteration in one cycle). ROWS * NF * SF iterations at II = 1 (the
+    // loop nest above); run() is its array form, stream.h's StreamMvau its stream form.
+    template <int ROWS, class BIAS, class SINK>
+    static void fold(const a_t a[ROWS][K], const w_t w[K][N], BIAS bias, SINK& sink) {
 #pragma HLS INLINE
 #pragma HLS ARRAY_PARTITION variable = a cyclic factor = SIMD dim = 2
 #pragma HLS ARRAY_PARTITION variable = w cyclic factor = SIMD dim = 1
 #pragma HLS ARRAY_PARTITION variable = w cyclic factor = PE dim = 2
-#pragma HLS ARRAY_PARTITION variable = out cyclic factor = PE dim = 2
         static_assert(ROWS >= 1, "codesign::Mvau: ROWS must be >= 1");
         static_assert((long long)ROWS * NF * SF < 2147483647LL, "codesign::Mvau: too many iterations");
         acc_t acc[PE];
@@ -320,7 +330,7 @@ struct Mvau {
                 acc_t s = (sf == 0) ? acc_t(bias[n]) : acc[p];
                 lanes_t::template mvau<K, N>(s, a[r], w, sf, n);
                 acc[p] = s;
-                if (sf == SF - 1) out[r][n] = s;
+                if (sf == SF - 1) sink.write(n, r, s);
             }
             if (++sf == SF) {
                 sf = 0;
@@ -330,6 +340,15 @@ struct Mvau {
                 }
             }
         }
+    }
+
+   private:
+    template <int ROWS, class BIAS>
+    static void loop(const a_t a[ROWS][K], const w_t w[K][N], BIAS bias, acc_t out[ROWS][N]) {
+#pragma HLS INLINE
+#pragma HLS ARRAY_PARTITION variable = out cyclic factor = PE dim = 2
+        ArraySink<ROWS> sink(out);
+        fold<ROWS>(a, w, bias, sink);
     }
 };
 

@@ -188,21 +188,23 @@ struct SparseMvau {
     }
 };
 
-// §11 with block-sparse constant weights (W[o][k], k = (c*KH + u)*KW + v, header):
-// Conv2d's sliding-window generator and MVAU (conv.h), where the window stream carries ONE
-// SIMD-wide chunk per schedule iteration: for every output pixel, for each stored block
-// of row group rg (in CSR order) the chunk of the pixel's im2col row at that block's column
-// group (from the line buffer, which serves any column), and one empty chunk for a row
-// group without stored blocks. Both stages therefore run vectors * (NB + NE) iterations
-// (the generator adds its H_used*IC*W line-buffer loads); the MVAU needs no window buffer.
-// Template parameters as codesign::Conv2d, plus NB, NE (header). PE: 1 <= PE <= OC/G and,
-// with G > 1, PE | OC/G (a row group's channels share one group's window); SIMD >= 1.
+// §11 with block-sparse constant weights (W[o][k], k = (c*KH + u)*KW + v, header): conv.h's
+// sliding-window generator (ConvWindow, with the sparse Plan below) and an MVAU, where the
+// window stream carries ONE SIMD-wide chunk per schedule iteration: for every output pixel,
+// for each stored block of row group rg (in CSR order) the chunk of the pixel's im2col row
+// at that block's column group (from the line buffer, which serves any column), and one
+// empty chunk for a row group without stored blocks. Both stages therefore run vectors *
+// (NB + NE) iterations (the generator adds its H_used*IC*W line-buffer loads); the MVAU
+// needs no window buffer. Template parameters as codesign::Conv2d, plus NB, NE (header).
+// PE: 1 <= PE <= OC/G and, with G > 1, PE | OC/G (a row group's channels share one group's
+// window); SIMD >= 1.
 template <class X, class Wt, int IC, int H, int W, int OC, int KH, int KW, int SH, int SW, int PT, int PL, int PB,
           int PR, int DH, int DW, int G, int PE, int SIMD, int NB, int NE, bool HAS_BIAS = false,
           long long B_LO = (HAS_BIAS ? -2147483648LL : 0LL), long long B_HI = (HAS_BIAS ? 2147483647LL : 0LL),
           int ACC_BITS = 0>
 struct SparseConv2d {
-    typedef ConvGeom<H, W, KH, KW, SH, SW, PT, PL, PB, PR, DH, DW> geom;
+    typedef ConvWindow<X, IC, H, W, KH, KW, SH, SW, PT, PL, PB, PR, DH, DW, G, SIMD> window;  // conv.h's generator
+    typedef typename window::geom geom;
     static const int OH = geom::OH, OW = geom::OW, EH = geom::EH;
     static const int ICG = IC / G, OCG = OC / G;
     static const int K = ICG * KH * KW;
@@ -248,9 +250,36 @@ struct SparseConv2d {
         bool last;   // last iteration of its row group: write the PE outputs
     };
 
+    // The sparse plan (ConvWindow): per output pixel of the row, the schedule's chunks: for
+    // each stored block of row group rg (CSR order) the chunk of the pixel's im2col row at
+    // the block's column group, one empty chunk (has = false) for a row group without one.
+    struct Plan {
+        typedef SparseConv2d::Chunk Chunk;
+        static const int PER_ROW = OW * T;
+        const ptr_t* row_ptr;
+        const col_t* col_idx;
+        int ow, rg, b;  // output column, row group, next stored block
+        Plan(const ptr_t rp[NRG + 1], const col_t ci[NBA]) : row_ptr(rp), col_idx(ci), ow(0), rg(0), b(0) {}
+        CODESIGN_ALWAYS_INLINE void next(const x_t lb[EH][IC][W], int top, Chunk& ch) {
+            const int end = row_ptr[rg + 1];
+            ch.has = b < end;
+            ch.first = !ch.has || b == (int)row_ptr[rg];
+            ch.last = !ch.has || b + 1 == end;
+            const int cg = ch.has ? (int)col_idx[b] : 0;
+            const int g = (rg * PE) / OCG;  // the row group's conv group (PE | OCG when G > 1)
+            window::lanes(lb, top, ow, g, cg, ch.has, ch.d, ch.valid);
+            if (ch.has) ++b;
+            if (ch.last && ++rg == NRG) {
+                rg = 0;
+                b = 0;
+                if (++ow == OW) ow = 0;
+            }
+        }
+    };
+
     // The cost model's count (MVAU, II = 1 iterations) and the generator's.
     static long long mvau_cycles() { return (long long)OH * OW * T; }
-    static long long swg_cycles() { return (long long)geom::H_USED * IC * W + (long long)OH * OW * T; }
+    static long long swg_cycles() { return (long long)geom::H_USED * IC * W + (long long)OH * Plan::PER_ROW; }
 
     static void run(const x_t x[IC * H][W], const ptr_t row_ptr[NRG + 1], const col_t col_idx[NBA],
                     const w_t vals[NBA][PE][SIMD], acc_t y[OC * OH][OW]) {
@@ -266,60 +295,14 @@ struct SparseConv2d {
         top(x, row_ptr, col_idx, vals, bias, y);
     }
 
-    // Stage 1: line buffer as Conv2d::swg; emits OH*OW*T chunks in schedule order.
+    // Stage 1: conv.h's generator (ConvWindow) over the NCHW input with the sparse plan;
+    // emits OH*OW*T chunks in schedule order.
     static void swg(const x_t x[IC * H][W], const ptr_t row_ptr[NRG + 1], const col_t col_idx[NBA],
                     hls::stream<Chunk>& s) {
 #pragma HLS INLINE off
-        static x_t lb[EH][IC][W];  // line buffer: input row r in slot r % EH
-#pragma HLS ARRAY_PARTITION variable = lb cyclic factor = SIMD dim = 3
-        int loaded = 0;
-    sswg_rows:
-        for (int oh = 0; oh < OH; ++oh) {
-            const int top = oh * SH - PT;
-            const int need = top + EH < H ? top + EH : H;
-        sswg_load:
-            for (; loaded < need; ++loaded) {
-            sswg_load_row:
-                for (int i = 0; i < IC * W; ++i) {
-#pragma HLS PIPELINE II = 1
-                    CODESIGN_SWG_TRIP();
-                    const int c = i / W, col = i % W;
-                    lb[loaded % EH][c][col] = x[c * H + loaded][col];
-                }
-            }
-            int ow = 0, rg = 0, b = 0;
-        sswg_emit:
-            for (int i = 0; i < OW * T; ++i) {
-#pragma HLS PIPELINE II = 1
-                CODESIGN_SWG_TRIP();
-                const int end = row_ptr[rg + 1];
-                Chunk ch;
-                ch.has = b < end;
-                ch.first = !ch.has || b == (int)row_ptr[rg];
-                ch.last = !ch.has || b + 1 == end;
-                const int cg = ch.has ? (int)col_idx[b] : 0;
-                const int g = (rg * PE) / OCG;  // the row group's conv group (PE | OCG when G > 1)
-            sswg_lane:
-                for (int j = 0; j < SIMD; ++j) {
-#pragma HLS UNROLL
-                    const int k = cg * SIMD + j;
-                    const int c = g * ICG + k / (KH * KW);
-                    const int u = (k / KW) % KH, v = k % KW;
-                    const int ih = top + u * DH;
-                    const int iw = ow * SW - PL + v * DW;
-                    const bool inside = ch.has && k < K && ih >= 0 && ih < H && iw >= 0 && iw < W;
-                    ch.d[j] = lb[inside ? ih % EH : 0][inside ? c : 0][inside ? iw : 0];
-                    ch.valid[j] = inside ? 1 : 0;
-                }
-                s.write(ch);
-                if (ch.has) ++b;
-                if (ch.last && ++rg == NRG) {
-                    rg = 0;
-                    b = 0;
-                    ++ow;
-                }
-            }
-        }
+        typename window::ArrayRows src(x);
+        Plan plan(row_ptr, col_idx);
+        window::run(src, plan, s);
     }
 
     // Stage 2: the MVAU over the schedule-ordered chunk stream.

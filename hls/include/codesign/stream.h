@@ -5,7 +5,8 @@
 // hls::stream<T> with ONE code per beat; a stream carries one IR tensor (batch axis
 // dropped) in the C order of tensor.transpose(perm) for a perm chosen by the emitter
 // (codesign.hls.stream_emit). The arithmetic is the buffer kernels' (conv.h, matmul.h,
-// binary.h, requant.h, add.h, pool.h) and bit-exact with codesign.sim.reference.
+// binary.h, requant.h, add.h, pool.h, lut.h) and bit-exact with codesign.sim.reference; the
+// conv and matmul stages are those kernels' loops themselves (templated on their ends).
 //
 // Element classes ("XC", "YC" below): a code type codesign::IntT<...> or the emitter's
 // cs_sint<W> / cs_uint<W> (storage, value_t, value(), encode()). A kernel converts its
@@ -14,11 +15,11 @@
 //
 // Trip counting (C simulation): the loops that do an op's arithmetic count
 // CODESIGN_TRIP() exactly as their buffer-path counterparts (MVAU: rows*NF*SF or
-// OH*OW*NF*SF; threshold/requant/add: one per element; pooling: C*OH*OW*KH*KW), and the
-// conv window generator counts CODESIGN_SWG_TRIP() as conv.h's Conv2d::swg, so the cost
+// OH*OW*NF*SF; threshold/requant/lut/add: one per element; pooling: C*OH*OW*KH*KW), and
+// the conv window generator counts CODESIGN_SWG_TRIP() as conv.h's Conv2d::swg, so the cost
 // model tests hold for both top-level styles. Every cycle the streaming style adds (input
-// and output stages, forks, reorders, the matmul row read, draining rows no window reads,
-// the pooling line-buffer loads) counts CODESIGN_STREAM_TRIP() instead (stream_trips()).
+// and output stages, forks, reorders, concats, the matmul row read, draining rows no window
+// reads, the pooling line-buffer loads) counts CODESIGN_STREAM_TRIP() instead (stream_trips()).
 #ifndef CODESIGN_STREAM_H
 #define CODESIGN_STREAM_H
 
@@ -28,6 +29,7 @@
 #include "codesign/add.h"
 #include "codesign/binary.h"
 #include "codesign/conv.h"
+#include "codesign/lut.h"
 #include "codesign/matmul.h"
 #include "codesign/pool.h"
 #include "codesign/requant.h"
@@ -46,15 +48,8 @@ inline unsigned long long& stream_trips() {
 #define CODESIGN_STREAM_TRIP() ((void)0)
 #endif
 
-// Storage of a stage's buffers (line buffers, reorder buffers, windows). Synthesis: a local
-// array, one per stage instance (a static would be one memory shared by every stage that
-// calls the same template instance). C simulation: static, off the C stack; exact because
-// the stages run one after another and each fills its buffer before reading it.
-#ifndef __SYNTHESIS__
-#define CODESIGN_STAGE_BUF static
-#else
-#define CODESIGN_STAGE_BUF
-#endif
+// CODESIGN_STAGE_BUF (conv.h): storage of a stage's buffers (local in synthesis, static in C
+// simulation).
 
 // Value-preserving conversion of one stored word between element classes (the buffer
 // path's conversion copy: D::encode(D::value_t(S::value(x)))); identity for S == D.
@@ -167,17 +162,34 @@ stream_fork_loop:
     }
 }
 
-// Drain stage: reads and drops N beats (a tensor nothing consumes).
-template <class T, int N>
-void stream_drain(hls::stream<T>& in) {
-#pragma HLS INLINE off
-stream_drain_loop:
-    for (int i = 0; i < N; ++i) {
+// Reads and drops n beats of `in`, one per cycle (stream trips). Inlined into its caller.
+template <class T>
+void stream_skip(hls::stream<T>& in, int n) {
+#pragma HLS INLINE
+stream_skip_loop:
+    for (int i = 0; i < n; ++i) {
 #pragma HLS PIPELINE II = 1
         CODESIGN_STREAM_TRIP();
         (void)in.read();
     }
 }
+
+// Drain stage: reads and drops N beats (a tensor nothing consumes).
+template <class T, int N>
+void stream_drain(hls::stream<T>& in) {
+#pragma HLS INLINE off
+    stream_skip(in, N);
+}
+
+// Accumulator sink of Conv2d::mvau_to / Mvau::fold: every accumulator to the stream, in the
+// order the kernel produces them (conv: NHWC, channel ascending per pixel; matmul: C order
+// of each row).
+template <class T>
+struct StreamSink {
+    hls::stream<T>& out;
+    explicit StreamSink(hls::stream<T>& o) : out(o) {}
+    CODESIGN_ALWAYS_INLINE void write(int, int, const T& a) { out.write(a); }
+};
 
 // §8 MultiThreshold over a stream of N beats whose channel (the tensor's last axis, C
 // channels) advances every INNER beats: c = (i / INNER) % C. thr[TC][NT], TC = 1
@@ -322,26 +334,19 @@ pool_rows:
             }
         }
     }
-pool_drain:
-    for (int i = loaded * W * C; i < H * W * C; ++i) {
-#pragma HLS PIPELINE II = 1
-        CODESIGN_STREAM_TRIP();
-        (void)in.read();
-    }
+    stream_skip(in, (H - loaded) * W * C);  // rows no window reads
 }
 
-// §11 convolution as two stages of the streaming top level: the sliding-window generator
-// (SWG) reading an NHWC input stream, and the folded MVAU writing an NHWC accumulator
-// stream. The template arguments, the window chunk, the accumulator type, the lane sum
-// (XNOR-popcount for bipolar x bipolar) and the iteration counts are codesign::Conv2d's
-// (conv.h, `base`); only the two stages' stream ends differ from Conv2d::swg / ::mvau:
-//  * swg(): the line buffer is filled from the stream, one beat per cycle, a row arriving
-//    as W pixels of IC channels (conv.h fills it from an NCHW array). Rows below H_USED
-//    (no window reads them) are read and dropped after the last window (stream trips).
-//  * mvau(): instead of writing y[o*OH + pix/OW][pix%OW], the PE accumulators of the last
-//    input fold are written to the output stream, channel o = nf*PE + p ascending, i.e.
-//    NHWC. With PE > 1 that is PE beats in one iteration (a PE-wide beat, FINN's choice,
-//    would keep II = 1 in synthesis; C simulation is unaffected).
+// §11 convolution as two stages of the streaming top level: conv.h's Conv2d (`base`) with
+// stream ends. Template arguments, window chunk, accumulator type, lane sum (XNOR-popcount
+// for bipolar x bipolar), loops, pragmas and iteration counts are Conv2d's:
+//  * swg<XC>(): Conv2d::swg_from over the NHWC input stream (row source StreamRows: a row
+//    arrives as W pixels of IC channels, one beat per cycle). Rows below H_USED (no window
+//    reads them) are then read and dropped (stream trips).
+//  * mvau(): Conv2d::mvau_to into the output stream (StreamSink): the PE accumulators of
+//    the last input fold, channel o = nf*PE + p ascending, i.e. NHWC. With PE > 1 that is
+//    PE beats in one iteration (a PE-wide beat, FINN's choice, would keep II = 1 in
+//    synthesis; C simulation is unaffected).
 template <class X, class Wt, int IC, int H, int W, int OC, int KH, int KW, int SH = 1, int SW = 1, int PT = 0,
           int PL = 0, int PB = 0, int PR = 0, int DH = 1, int DW = 1, int G = 1, int PE = 1, int SIMD = 1,
           bool HAS_BIAS = false, long long B_LO = (HAS_BIAS ? -2147483648LL : 0LL),
@@ -354,108 +359,40 @@ struct StreamConv2d {
     typedef typename base::Chunk Chunk;
     typedef typename base::x_t x_t;
     typedef typename base::w_t w_t;
-    typedef typename base::bias_t bias_t;
     typedef typename base::acc_t acc_t;
-    typedef typename base::lanes_t lanes_t;
-    static const int OH = base::OH, OW = base::OW, EH = base::EH, ICG = base::ICG, OCG = base::OCG;
-    static const int K = base::K, SF = base::SF, NF = base::NF;
+    static const int OH = base::OH, OW = base::OW, K = base::K, SF = base::SF;
     static const int WINDOW_DEPTH = 2 * G * SF;  // the window stream's depth, as conv.h
+
+    // Row source (conv.h's ConvWindow) over an NHWC stream of class XC.
+    template <class XC>
+    struct StreamRows {
+        static const bool channels_last = true;
+        hls::stream<typename XC::storage>& in;
+        explicit StreamRows(hls::stream<typename XC::storage>& s) : in(s) {}
+        CODESIGN_ALWAYS_INLINE x_t load(int, int, int) { return ConvCls<XC, X>::run(in.read()); }
+    };
 
     template <class XC>
     static void swg(hls::stream<typename XC::storage>& in, hls::stream<Chunk>& s) {
 #pragma HLS INLINE off
-        CODESIGN_STAGE_BUF x_t lb[EH][IC][W];  // line buffer: input row r in slot r % EH
-#pragma HLS ARRAY_PARTITION variable = lb cyclic factor = SIMD dim = 3
-        int loaded = 0;
-    sswg_rows:
-        for (int oh = 0; oh < OH; ++oh) {
-            const int top = oh * SH - PT;
-            const int need = top + EH < H ? top + EH : H;
-        sswg_load:
-            for (; loaded < need; ++loaded) {
-            sswg_load_row:
-                for (int i = 0; i < W * IC; ++i) {  // NHWC: pixel col = i / IC, channel i % IC
-#pragma HLS PIPELINE II = 1
-                    CODESIGN_SWG_TRIP();
-                    lb[loaded % EH][i % IC][i / IC] = ConvCls<XC, X>::run(in.read());
-                }
-            }
-        sswg_emit:
-            for (int i = 0; i < OW * G * SF; ++i) {
-#pragma HLS PIPELINE II = 1
-                CODESIGN_SWG_TRIP();
-                const int ow = i / (G * SF), g = (i / SF) % G, sf = i % SF;
-                Chunk ch;
-            sswg_lane:
-                for (int j = 0; j < SIMD; ++j) {
-#pragma HLS UNROLL
-                    const int k = sf * SIMD + j;
-                    const int c = g * ICG + k / (KH * KW);
-                    const int u = (k / KW) % KH, v = k % KW;
-                    const int ih = top + u * DH;
-                    const int iw = ow * SW - PL + v * DW;
-                    const bool inside = k < K && ih >= 0 && ih < H && iw >= 0 && iw < W;
-                    ch.d[j] = lb[inside ? ih % EH : 0][inside ? c : 0][inside ? iw : 0];
-                    ch.valid[j] = inside ? 1 : 0;
-                }
-                s.write(ch);
-            }
-        }
-    sswg_drain:
-        for (int i = loaded * W * IC; i < H * W * IC; ++i) {
-#pragma HLS PIPELINE II = 1
-            CODESIGN_STREAM_TRIP();
-            (void)in.read();
-        }
+        StreamRows<XC> src(in);
+        base::swg_from(src, s);
+        stream_skip(in, (H - geom::H_USED) * W * IC);
     }
 
     template <class BIAS>
     static void mvau(hls::stream<Chunk>& s, const w_t w[OC][K], BIAS bias, hls::stream<acc_t>& out) {
 #pragma HLS INLINE off
-#pragma HLS ARRAY_PARTITION variable = w cyclic factor = PE dim = 1
-#pragma HLS ARRAY_PARTITION variable = w cyclic factor = SIMD dim = 2
-        CODESIGN_STAGE_BUF Chunk win[G][SF];  // the current pixel's window, one im2col row per group
-#pragma HLS ARRAY_PARTITION variable = win complete dim = 1
-        acc_t acc[PE];
-#pragma HLS ARRAY_PARTITION variable = acc complete
-        int nf = 0, sf = 0, rd = 0;
-    smvau:
-        for (int i = 0; i < OH * OW * NF * SF; ++i) {
-#pragma HLS PIPELINE II = 1
-            CODESIGN_TRIP();
-            if (rd < G * SF) {
-                win[rd / SF][rd % SF] = s.read();
-                ++rd;
-            }
-        smvau_pe:
-            for (int p = 0; p < PE; ++p) {
-#pragma HLS UNROLL
-                const int o = nf * PE + p;
-                if (o < OC) {
-                    const Chunk& ch = win[o / OCG][sf];
-                    acc_t a = (sf == 0) ? acc_t(bias[o]) : acc[p];
-                    lanes_t::template conv<K>(a, ch.d, ch.valid, w[o], sf);
-                    acc[p] = a;
-                    if (sf == SF - 1) out.write(a);
-                }
-            }
-            if (++sf == SF) {
-                sf = 0;
-                if (++nf == NF) {
-                    nf = 0;
-                    rd = 0;
-                }
-            }
-        }
+        StreamSink<acc_t> sink(out);
+        base::mvau_to(s, w, bias, sink);
     }
 };
 
 // §2 matmul with a constant weight over a stream: ROWS rows of K beats in, ROWS rows of N
-// accumulator beats out (C order within a row). Mvau's types, lane sum and fold loop
-// (matmul.h, `base`): per row, the K codes are read into a row buffer (K cycles, stream
-// trips; FINN overlaps this with the previous row's folds), then NF*SF iterations
-// (CODESIGN_TRIP, the cost model's count) of PE x SIMD products; the PE accumulators of
-// the last input fold go out as beats n = nf*PE + p ascending.
+// accumulator beats out (C order within a row). matmul.h's Mvau (`base`) with stream ends:
+// per row, the K codes are read into a one-row buffer (K cycles, stream trips; FINN overlaps
+// this with the previous row's folds), then Mvau::fold<1> (NF*SF iterations, CODESIGN_TRIP,
+// the cost model's count) into the output stream (StreamSink: n = nf*PE + p ascending).
 template <class A, class Wt, int K, int N, int PE = 1, int SIMD = 1, bool HAS_BIAS = false,
           long long B_LO = (HAS_BIAS ? -2147483648LL : 0LL), long long B_HI = (HAS_BIAS ? 2147483647LL : 0LL),
           int ACC_BITS = 0>
@@ -464,49 +401,60 @@ struct StreamMvau {
     typedef typename base::a_t a_t;
     typedef typename base::w_t w_t;
     typedef typename base::acc_t acc_t;
-    typedef typename base::lanes_t lanes_t;
-    static const int NF = base::NF, SF = base::SF;
 
     template <class AC, int ROWS, class BIAS>
     static void run(hls::stream<typename AC::storage>& in, const w_t w[K][N], BIAS bias, hls::stream<acc_t>& out) {
 #pragma HLS INLINE off
-#pragma HLS ARRAY_PARTITION variable = w cyclic factor = SIMD dim = 1
-#pragma HLS ARRAY_PARTITION variable = w cyclic factor = PE dim = 2
-        static_assert(ROWS >= 1 && (long long)ROWS * NF * SF < 2147483647LL, "codesign::StreamMvau: ROWS");
-        a_t row[K];
-#pragma HLS ARRAY_PARTITION variable = row cyclic factor = SIMD
-        acc_t acc[PE];
-#pragma HLS ARRAY_PARTITION variable = acc complete
+        static_assert(ROWS >= 1 && (long long)ROWS * base::NF * base::SF < 2147483647LL, "codesign::StreamMvau: ROWS");
+        a_t row[1][K];
+        StreamSink<acc_t> sink(out);
     smm_rows:
         for (int r = 0; r < ROWS; ++r) {
         smm_read:
             for (int k = 0; k < K; ++k) {
 #pragma HLS PIPELINE II = 1
                 CODESIGN_STREAM_TRIP();
-                row[k] = ConvCls<AC, A>::run(in.read());
+                row[0][k] = ConvCls<AC, A>::run(in.read());
             }
-            int nf = 0, sf = 0;
-        smm_fold:
-            for (int i = 0; i < NF * SF; ++i) {
-#pragma HLS PIPELINE II = 1
-                CODESIGN_TRIP();
-            smm_pe:
-                for (int p = 0; p < PE; ++p) {
-#pragma HLS UNROLL
-                    const int n = nf * PE + p;
-                    acc_t s = (sf == 0) ? acc_t(bias[n]) : acc[p];
-                    lanes_t::template mvau<K, N>(s, row, w, sf, n);
-                    acc[p] = s;
-                    if (sf == SF - 1) out.write(s);
-                }
-                if (++sf == SF) {
-                    sf = 0;
-                    ++nf;
-                }
-            }
+            base::template fold<1>(row, w, bias, sink);
         }
     }
 };
+
+// §4 lookup table over a stream (elementwise: the output keeps the input's order): N beats,
+// each converted to the code type X, looked up (lut.h's lut_code) and encoded in class Y.
+// One ROM read per cycle, N cycles (CODESIGN_TRIP, as lut_row).
+template <class XC, class X, class Y, int N>
+void stream_lut(hls::stream<typename XC::storage>& in, const typename Y::storage table[LutSize<X>::value],
+                hls::stream<typename Y::storage>& out) {
+#pragma HLS INLINE off
+stream_lut_loop:
+    for (int i = 0; i < N; ++i) {
+#pragma HLS PIPELINE II = 1
+        CODESIGN_TRIP();
+        out.write(lut_code<X, Y>(ConvCls<XC, X>::run(in.read()), table));
+    }
+}
+
+// Concatenation of two streams in one order along an axis of that order: OUTER blocks, each
+// NA beats of `a` then NB beats of `b` (NA, NB: the inputs' extents of the axis times the
+// beats of the axes after it in the order; OUTER: the beats of the axes before it). E.g.
+// channels of NHWC streams: OUTER = H*W pixels, C1 beats of a then C2 of b per pixel.
+// Values are preserved (ConvCls to the output class YC). OUTER*(NA + NB) cycles (stream
+// trips: the buffer style's concat is a copy).
+template <class AC, class BC, class YC, int OUTER, int NA, int NB>
+void stream_concat(hls::stream<typename AC::storage>& a, hls::stream<typename BC::storage>& b,
+                   hls::stream<typename YC::storage>& out) {
+#pragma HLS INLINE off
+    int k = 0;  // beat within the block of NA + NB
+stream_concat_loop:
+    for (int i = 0; i < OUTER * (NA + NB); ++i) {
+#pragma HLS PIPELINE II = 1
+        CODESIGN_STREAM_TRIP();
+        out.write(k < NA ? ConvCls<AC, YC>::run(a.read()) : ConvCls<BC, YC>::run(b.read()));
+        if (++k == NA + NB) k = 0;
+    }
+}
 
 }  // namespace codesign
 
