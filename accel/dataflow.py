@@ -7,23 +7,27 @@ run concurrently and stream into each other. Folding = ``(PE, SIMD)`` per layer.
 
 * **Cycles** (exact for the RTL): one MVAU run of ``V`` vectors takes
   ``mvau_cycles = NF·SF·V + D_MVAU`` clock cycles, ``NF = ceil(MH/PE)``,
-  ``SF = ceil(MW/SIMD)``, ``D_MVAU = 5`` (mvau.v's pipeline; tests/test_rtl_mvau.py
+  ``SF = ceil(MW/SIMD)``, ``D_MVAU = 5`` (``D_MVAU_RQ = 7`` with the requant output
+  stage; mvau.v's pipeline; tests/test_rtl_mvau.py
   compares it with ``==`` against simulation). Per inference a layer is busy
   ``layer_cycles = max(NF·SF·V, SWU read cycles)``; the dataflow's initiation interval is
   ``II = max_l layer_cycles_l`` and its latency is :func:`dataflow_cycles`'s formula.
 * **Resources** (LUT, FF, DSP48E2, RAMB18 per layer) follow mvau.v's structure: weight
   memories (one per PE, ``NF·SF`` words of ``SIMD·WB`` bits: LUTRAM when small, RAMB18
   otherwise, as Yosys maps them), the input buffer, the products (LUT shift-add or one
-  DSP48E2 each), the beat adder tree / popcount, the accumulator, the threshold memories
-  and comparators, the pipeline registers (counted bit by bit from the RTL) and control.
+  DSP48E2 each), the beat adder tree / popcount, the accumulator, the output stage —
+  threshold memories and comparators, or (``Layer.out_stage = "requant"``, mvau.v
+  ``RQ = 1``) one requantizer per PE with its bias/multiplier/shift memories — the pipeline
+  registers (counted bit by bit from the RTL) and control.
   LUT coefficients are least-squares fits to Yosys synthesis of mvau.v
   (``bench/dataflow_crosscheck.py``, ``accel/dataflow_calibration.json``; Yosys's
   ``synth_xilinx`` is a proxy for Vivado, see codesign.sim.yosys). The SWU has no RTL here:
   its line buffer is sized exactly, its logic is a first-principles estimate.
-* **Pooling** (:class:`Pool`, ``sim/rtl/pool.v``): a max-pool unit fed by a layer's output
-  stream (``Layer.pool``), ``P = PE`` channels per beat; its cycles are pool.v's exact
-  model (:func:`pool_cycles`, tests/test_rtl_pool.py), its resources a Yosys-fitted
-  model (:func:`pool_resources`, ``bench/dataflow_crosscheck.py``).
+* **Pooling** (:class:`Pool`, ``sim/rtl/pool.v`` max, ``sim/rtl/avgpool.v`` average): a
+  pool unit fed by a layer's output stream (``Layer.pool``), ``P = PE`` channels per beat;
+  its cycles are the RTL's exact model (:func:`pool_cycles`, tests/test_rtl_pool.py), its
+  resources a Yosys-fitted model (:func:`pool_resources`, ``bench/dataflow_crosscheck.py``;
+  the average unit's rows ``avg ...`` of ``pool_configs`` in the calibration file).
 * **Search** (:func:`search`): per layer ``PE | MH`` and ``SIMD | MW`` (``SIMD | C`` under
   a sliding window, as FINN's SWU needs); minimise II within ``limit`` of the board's
   LUT/FF/DSP/BRAM18 (default 85 %), or meet a target frame rate at minimum LUTs. Exact:
@@ -46,7 +50,7 @@ from codesign.accel.boards import Board, get_board
 from codesign.accel.engine import Res, bram18_count, ceil_div, lutram_luts
 
 __all__ = [
-    "D_MVAU", "D_POOL", "MODES", "RES_TYPES", "COEFFS", "coefficients", "Window", "Pool", "Layer", "LayerCost",
+    "D_MVAU", "D_MVAU_RQ", "D_POOL", "D_POOL_AVG", "POOL_MODES", "pool_depth", "pool_widths", "OUT_STAGES", "mvau_depth", "MODES", "RES_TYPES", "COEFFS", "coefficients", "Window", "Pool", "Layer", "LayerCost",
     "DataflowEstimate", "SearchResult", "mvau_cycles", "mvau_stream_cycles", "swu_read_cycles",
     "window_fill_cycles", "layer_cycles", "dataflow_cycles", "widths", "mult_on_dsp", "memory",
     "mvau_resources", "swu_resources", "layer_resources", "evaluate", "candidates", "search",
@@ -56,10 +60,22 @@ __all__ = [
 #: mvau.v's pipeline depth in the cycle model: issue slot + R1 (operands) .. R5 (output
 #: register) and the sink taking the beat at the next edge (see the RTL's header).
 D_MVAU = 5
+#: mvau.v's pipeline depth with the requant output stage (``RQ = 1``): R5 = acc + bias,
+#: R6 = requant.v's product, R7 = its rounded, saturated code (see the RTL's header).
+D_MVAU_RQ = 7
 #: pool.v's pipeline depth in its cycle model: R1 and R2 after the slot, the sink taking
 #: the beat at the next edge (see the RTL's header).
 D_POOL = 2
+#: avgpool.v's depth: R1, R2 (window sum), R3 (requant.v's product), R4 (its rounded,
+#: saturated code, the output register), the sink one edge later.
+D_POOL_AVG = 4
+#: Pool.mode: "max" (§9 maxpool) or "avg" (§9 avgpool: window sum, then requant §3).
+POOL_MODES = ("max", "avg")
 MODES = ("binary", "lowbit")
+#: A layer's output stage: "threshold" (NT = 2^out_bits - 1 thresholds per channel, or the
+#: raw accumulator when out_bits = 0) or "requant" (bias add + multiplier-shift requantizer
+#: per PE, mvau.v ``RQ = 1``, docs/dataflow.md "Requant output stage").
+OUT_STAGES = ("threshold", "requant")
 RES_TYPES = ("auto", "lut", "dsp")
 
 #: Resource coefficients (per element named). "Yosys fit": least-squares fit to the Yosys
@@ -81,6 +97,14 @@ COEFFS: dict[str, float] = {
     "lut_cmp_per_bit": 0.21,
     # --- control (fold counters, handshakes, lane masks)  [estimate]
     "lut_control": 20.0,
+    # --- requant output stage (mvau.v RQ = 1), per PE: requant.v's rounding window, round
+    # and saturation logic, a base plus a part per output bit (its product is on DSP48E2s,
+    # the bias add is an ACC-wide adder at lut_acc_per_bit)  [Yosys fit]
+    "lut_rq_base": 11.0,
+    "lut_rq_per_out_bit": 11.4,
+    # --- requant.v's product: one DSP48E2 up to this biased-accumulator width (acc x M
+    # fits a 27 x 18 multiplier), two above it (requant.v splits acc at bit 17)  [Yosys]
+    "rq_one_dsp_max_acc_bits": 18.0,
     # --- memories: LUTRAM up to this many bits and this depth, else RAMB18 (Yosys
     # memory_libmap on mvau.v: 32x32 and 16x32 LUTRAM, 288x32 RAMB18)  [Yosys]
     "lutram_max_bits": 4096.0,
@@ -103,6 +127,12 @@ COEFFS: dict[str, float] = {
     # --- pool unit: delay-line segments deeper than this many words are shift registers
     # (Yosys shregmap: SRL16E/SRLC32E, one per bit per 32 words), shallower ones FFs  [Yosys]
     "pool_srl_min_depth": 3.0,
+    # --- average pool unit (avgpool.v): window-sum adders, per bit of the (K-1)·P row adders
+    # (HS_W bits) and (K-1)·P column adders (SUM_W bits); and per lane, the input decode and
+    # what requant.v's wider product (SUM_W + 24 bits) adds over lut_rq_base +
+    # lut_rq_per_out_bit·OB (its rounding window's sign reductions)  [Yosys fit, 5 configs]
+    "lut_avgpool_sum_per_bit": 1.4,
+    "lut_avgpool_per_lane": 25.0,
 }
 
 
@@ -156,10 +186,17 @@ class Window:
 
 @dataclass(frozen=True)
 class Pool:
-    """A ``k x k`` max-pooling unit (``sim/rtl/pool.v``) over a ``C``-channel
+    """A ``k x k`` pooling unit (``sim/rtl/pool.v``) over a ``C``-channel
     ``ifm_h x ifm_w`` stream of ``bits``-bit codes, ``stride``, symmetric ``pad < k``
-    holding lo (docs/arithmetic.md §9; square window, equal strides: pool.v's
-    parameters). Its lanes per beat are the feeding layer's ``PE``."""
+    (docs/arithmetic.md §9; square window, equal strides: pool.v's parameters). Its lanes
+    per beat are the feeding layer's ``PE``.
+
+    ``mode``: "max" (pool.v, the padding holds lo) or "avg" (``sim/rtl/avgpool.v``: the
+    window sum, padding 0, then requant §3 by a runtime 24-bit ``M`` and shift, one
+    requant.v per lane;
+    ``out_bits`` (2..16, default ``bits``) is the output code width; global average
+    pooling is ``k = ifm_h = ifm_w``, ``pad = 0``). ``in_signed`` (avg only) selects the
+    input's value range for the sum width (a bipolar input is 1-bit signed)."""
 
     name: str
     C: int
@@ -169,6 +206,9 @@ class Pool:
     stride: int
     pad: int = 0
     bits: int = 8
+    mode: str = "max"
+    out_bits: int | None = None
+    in_signed: bool = True
 
     def __post_init__(self) -> None:
         if min(self.C, self.ifm_h, self.ifm_w, self.k, self.stride) < 1 or not 0 <= self.pad < self.k:
@@ -176,6 +216,13 @@ class Pool:
                              f"got {self}")
         if not 1 <= self.bits <= 8:
             raise ValueError(f"pool {self.name!r}: bits={self.bits}; pool.v takes 1..8-bit codes")
+        if self.mode not in POOL_MODES:
+            raise ValueError(f"pool {self.name!r}: mode={self.mode!r} not in {POOL_MODES}")
+        if self.mode == "max" and self.out_bits is not None:
+            raise ValueError(f"pool {self.name!r}: out_bits is for mode 'avg' (a max pool outputs its input type)")
+        if self.mode == "avg" and not 2 <= self.ob <= 16:
+            raise ValueError(f"pool {self.name!r}: average pooling outputs {self.ob}-bit codes; requant (§3) "
+                             "outputs have 2..16 bits")
         if self.ifm_h + 2 * self.pad < self.k or self.ifm_w + 2 * self.pad < self.k:
             raise ValueError(f"pool {self.name!r}: the {self.k}x{self.k} window does not fit the padded input")
 
@@ -186,6 +233,11 @@ class Pool:
     @property
     def ofm_w(self) -> int:
         return (self.ifm_w + 2 * self.pad - self.k) // self.stride + 1
+
+    @property
+    def ob(self) -> int:
+        """Output code bits: ``bits`` for a max pool, ``out_bits`` (default ``bits``) for avg."""
+        return self.bits if self.out_bits is None else int(self.out_bits)
 
 
 @dataclass(frozen=True)
@@ -200,7 +252,10 @@ class Layer:
     stream (then ``pool.C = MH`` and ``pool.ifm_h·pool.ifm_w = vectors``; it takes the
     MVAU's ``PE`` lanes per beat); ``pe_max``: the largest PE the layer's kernel accepts
     (a grouped convolution's ``OC/groups``: conv.h keeps a PE fold inside one group), None
-    for no bound."""
+    for no bound; ``out_stage``: "threshold" (above) or "requant" — per-channel bias add
+    and multiplier-shift requantizer (mvau.v ``RQ = 1``): ``out_bits`` (2..16) output
+    bits, ``m_bits`` (1..24) multiplier bits, ``bias_bits`` (2..32) signed bias bits; then
+    ``NT = 0`` and the pipeline is ``D_MVAU_RQ`` deep."""
 
     name: str
     MH: int
@@ -215,6 +270,9 @@ class Layer:
     window: Window | None = None
     pool: Pool | None = None
     pe_max: int | None = None
+    out_stage: str = "threshold"
+    m_bits: int = 16
+    bias_bits: int = 16
 
     def __post_init__(self) -> None:
         where = f"layer {self.name!r}"
@@ -228,7 +286,13 @@ class Layer:
             raise ValueError(f"{where}: mode {self.mode!r}; supported {', '.join(MODES)}")
         if self.mode == "binary" and not (self.WB == 1 and self.AB == 1):
             raise ValueError(f"{where}: binary mode needs WB = AB = 1 (bipolar), got WB={self.WB}, AB={self.AB}")
-        if not 0 <= self.out_bits <= 8:
+        if self.out_stage not in OUT_STAGES:
+            raise ValueError(f"{where}: out_stage {self.out_stage!r}; supported {', '.join(OUT_STAGES)}")
+        if self.out_stage == "requant":
+            if not (2 <= self.out_bits <= 16 and 1 <= self.m_bits <= 24 and 2 <= self.bias_bits <= 32):
+                raise ValueError(f"{where}: requant stage out_bits={self.out_bits}, m_bits={self.m_bits}, "
+                                 f"bias_bits={self.bias_bits}; supported 2..16, 1..24, 2..32")
+        elif not 0 <= self.out_bits <= 8:
             raise ValueError(f"{where}: out_bits={self.out_bits}; supported 0 (accumulator) .. 8")
         if self.res_type not in RES_TYPES:
             raise ValueError(f"{where}: res_type {self.res_type!r}; supported {', '.join(RES_TYPES)}")
@@ -249,7 +313,14 @@ class Layer:
 
     @property
     def NT(self) -> int:
+        if self.out_stage == "requant":
+            return 0
         return 0 if self.out_bits == 0 else (1 << self.out_bits) - 1
+
+    @property
+    def requant(self) -> bool:
+        """Whether the output stage is the requantizer (mvau.v ``RQ = 1``)."""
+        return self.out_stage == "requant"
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,11 +332,18 @@ def mvau_stream_cycles(MH, MW, PE, SIMD, vectors):
     return ceil_div(MH, PE) * ceil_div(MW, SIMD) * vectors
 
 
-def mvau_cycles(MH, MW, PE, SIMD, vectors):
+def mvau_cycles(MH, MW, PE, SIMD, vectors, requant: bool = False):
     """One MVAU run of ``vectors`` vectors, first input beat accepted to last output beat
     accepted (inclusive), inputs offered every cycle, no back-pressure:
-    ``ceil(MH/PE)·ceil(MW/SIMD)·vectors + D_MVAU`` (exact for mvau.v)."""
-    return mvau_stream_cycles(MH, MW, PE, SIMD, vectors) + D_MVAU
+    ``ceil(MH/PE)·ceil(MW/SIMD)·vectors + D_MVAU`` (exact for mvau.v); with the requant
+    output stage (``requant``) ``+ D_MVAU_RQ`` instead."""
+    return mvau_stream_cycles(MH, MW, PE, SIMD, vectors) + (D_MVAU_RQ if requant else D_MVAU)
+
+
+def mvau_depth(layer: Layer) -> int:
+    """mvau.v's pipeline depth for ``layer``: ``D_MVAU_RQ`` with the requant output stage,
+    else ``D_MVAU``."""
+    return D_MVAU_RQ if layer.requant else D_MVAU
 
 
 def swu_read_cycles(window: Window, SIMD):
@@ -281,6 +359,12 @@ def window_fill_cycles(window: Window | None, SIMD):
     return ((window.k - 1) * (window.ifm_w + 2 * window.pad) + window.k) * ceil_div(window.C, SIMD)
 
 
+def pool_depth(pool: Pool) -> int:
+    """The pool unit's pipeline depth in the cycle model: ``D_POOL`` (pool.v) or
+    ``D_POOL_AVG`` (avgpool.v)."""
+    return D_POOL_AVG if pool.mode == "avg" else D_POOL
+
+
 def pool_stream_cycles(pool: Pool, P):
     """Cycles the pool unit is busy per image with ``P`` lanes: one slot per (row, column,
     channel group) of the padded grid, ``(ifm_h + 2·pad)·(ifm_w + 2·pad)·ceil(C/P)``."""
@@ -294,9 +378,10 @@ def pool_cycles(pool: Pool, P, images: int = 1) -> int:
     + k - 1`` and ``L_c = (ofm_w-1)·stride + k - 1`` (the padded row and column closing the
     last window),
 
-    ``(images - 1)·pool_stream_cycles + ((L_r - pad)·WP + L_c - pad + 1)·CF + D_POOL``
+    ``(images - 1)·pool_stream_cycles + ((L_r - pad)·WP + L_c - pad + 1)·CF + pool_depth``
 
-    (= sim/rtl/pool.v's header and ``codesign.sim.rtl_pool.pool_cycles``, which the tests
+    (``pool_depth`` = ``D_POOL`` for a max pool, ``D_POOL_AVG`` for an average pool; =
+    sim/rtl/pool.v's header and ``codesign.sim.rtl_pool.pool_cycles``, which the tests
     compare with this function and with simulation)."""
     if images < 1:
         raise ValueError(f"pool_cycles: images={images} must be >= 1")
@@ -305,17 +390,17 @@ def pool_cycles(pool: Pool, P, images: int = 1) -> int:
     L_r = (pool.ofm_h - 1) * pool.stride + pool.k - 1
     L_c = (pool.ofm_w - 1) * pool.stride + pool.k - 1
     return int((images - 1) * pool_stream_cycles(pool, P) + ((L_r - pool.pad) * WP + L_c - pool.pad + 1) * CF
-               + D_POOL)
+               + pool_depth(pool))
 
 
 def pool_fill_cycles(pool: Pool | None, P):
     """Slots from the pool's first input beat to its first output's slot (the first
-    window's last row and column), plus ``D_POOL``; 0 without a pool."""
+    window's last row and column), plus :func:`pool_depth`; 0 without a pool."""
     if pool is None:
         return 0
     WP = pool.ifm_w + 2 * pool.pad
     k1 = pool.k - 1 - pool.pad
-    return (k1 * WP + k1 + 1) * ceil_div(pool.C, P) + D_POOL
+    return (k1 * WP + k1 + 1) * ceil_div(pool.C, P) + pool_depth(pool)
 
 
 def layer_cycles(layer: Layer, PE, SIMD):
@@ -339,20 +424,21 @@ def dataflow_cycles(layers: Sequence[Layer], folding: Sequence[tuple[int, int]])
       ``bottleneck``): with enough FIFO depth between layers, a new inference starts every
       ``ii`` cycles, so ``n`` inferences take ``latency + (n - 1)·ii``;
     * ``latency``: one inference through an empty pipeline, estimated as
-      ``ii + Σ_l (D_MVAU + window_fill_l) + Σ_{l ≠ bottleneck} NF_l·SF_l``: the bottleneck
-      streams for ``ii`` cycles; every layer adds its pipeline depth, its SWU's fill and
+      ``ii + Σ_l (D_l + window_fill_l) + Σ_{l ≠ bottleneck} NF_l·SF_l``: the bottleneck
+      streams for ``ii`` cycles; every layer adds its pipeline depth ``D_l``
+      (:func:`mvau_depth`: ``D_MVAU``, or ``D_MVAU_RQ`` with a requant stage), its SWU's fill and
       its pool unit's fill (:func:`pool_fill_cycles`),
       and every other layer one vector's processing (it must still process the last
       vector it receives). Exact for one layer without a window (= :func:`mvau_cycles`);
       for a chain it assumes each layer starts as soon as its first vector is complete;
-    * ``latency_bound``: FINN's critical-path bound ``Σ_l (layer_cycles_l + D_MVAU +
+    * ``latency_bound``: FINN's critical-path bound ``Σ_l (layer_cycles_l + D_l +
       window_fill_l)`` (no overlap between layers at all)."""
     if len(layers) != len(folding):
         raise ValueError(f"dataflow_cycles: {len(layers)} layers but {len(folding)} foldings")
     cyc = [int(layer_cycles(l, pe, simd)) for l, (pe, simd) in zip(layers, folding)]
     ii = max(cyc)
     b = cyc.index(ii)
-    fills = [D_MVAU + window_fill_cycles(l.window, simd) + pool_fill_cycles(l.pool, pe)
+    fills = [mvau_depth(l) + window_fill_cycles(l.window, simd) + pool_fill_cycles(l.pool, pe)
              for l, (pe, simd) in zip(layers, folding)]
     vec = [ceil_div(l.MH, pe) * ceil_div(l.MW, simd) for l, (pe, simd) in zip(layers, folding)]
     latency = ii + sum(fills) + sum(v for i, v in enumerate(vec) if i != b)
@@ -390,8 +476,10 @@ def widths(layer: Layer, SIMD: int | None = None) -> dict[str, int]:
     WE = 2 if layer.WB == 1 else layer.WB
     acc = _sum_bits(layer.MW, plo, phi)
     out = {"AE": AE, "WE": WE, "PW": AE + WE, "ACC_W": acc, "TW": acc + 1,
-           "OB": acc if layer.NT == 0 else int(layer.NT).bit_length(),
+           "OB": layer.out_bits if layer.requant else (acc if layer.NT == 0 else int(layer.NT).bit_length()),
            "POP_W": int(layer.MW).bit_length()}
+    if layer.requant:  # the biased accumulator acc + B fed to the requantizer (mvau.v SUMB_W)
+        out["SUMB_W"] = max(acc, layer.bias_bits) + 1
     if SIMD is not None:
         out["SUM_W"] = _sum_bits(SIMD, plo, phi)
         out["CNT_W"] = int(SIMD).bit_length()
@@ -427,7 +515,10 @@ def memory(depth: int, width: int, c: Mapping[str, float]) -> Res:
 def mvau_resources(layer: Layer, PE: int, SIMD: int, coeffs: Mapping[str, float] | None = None,
                    parts: bool = False) -> Res | dict[str, Res]:
     """Resources of one mvau.v instance for ``layer`` folded ``(PE, SIMD)`` (ACC_OUT = 0,
-    the test port is not counted). ``parts``: the components by name instead of the sum."""
+    the test port is not counted). ``parts``: the components by name instead of the sum.
+    A threshold stage costs ``PE·NT`` threshold memories and comparators; a requant stage
+    (``layer.out_stage == "requant"``) ``PE`` requantizers (requant.v, 1 or 2 DSP48E2s
+    each) and ``3·PE`` parameter memories (bias, multiplier, shift) of ``NF`` words."""
     c = COEFFS if coeffs is None else coeffs
     w = widths(layer, SIMD)
     NF, SF = ceil_div(layer.MH, PE), ceil_div(layer.MW, SIMD)
@@ -439,6 +530,10 @@ def mvau_resources(layer: Layer, PE: int, SIMD: int, coeffs: Mapping[str, float]
     out["weights"] = memory(NF * SF, SIMD * layer.WB, c) * PE
     out["input_buffer"] = memory(SF, SIMD * layer.AB, c) if NF > 1 else Res()
     out["thresholds"] = memory(NF, TW, c) * (PE * NT)
+    # requant stage: per PE the bias, multiplier and shift memories (NF words each)
+    rq = layer.requant
+    out["requant_params"] = ((memory(NF, layer.bias_bits, c) + memory(NF, layer.m_bits, c) + memory(NF, 6, c)) * PE
+                             if rq else Res())
     # datapath per PE
     if binary:
         lanes = Res(lut=c["lut_xnor_pop_per_lane"] * SIMD, ff=SIMD + w["CNT_W"])
@@ -452,13 +547,23 @@ def mvau_resources(layer: Layer, PE: int, SIMD: int, coeffs: Mapping[str, float]
         acc = Res(lut=c["lut_acc_per_bit"] * ACC_W, ff=ACC_W)
     out["lanes"] = lanes * PE
     out["accumulators"] = acc * PE
-    out["activation"] = Res(lut=c["lut_cmp_per_bit"] * NT * TW * PE, ff=PE * (NT * TW + OB))
+    if rq:
+        # per PE: bias add (SUMB_W-bit adder) and requant.v; FFs: r4_bias, r5_m, r5_sh, r5_sum,
+        # requant.v's product and shift registers and its output code (the output register)
+        sb = w["SUMB_W"]
+        dsp_rq = 1 if sb <= c["rq_one_dsp_max_acc_bits"] else 2
+        out["activation"] = Res(lut=PE * (c["lut_acc_per_bit"] * sb + c["lut_rq_base"] + c["lut_rq_per_out_bit"] * OB),
+                                ff=PE * (layer.bias_bits + layer.m_bits + 6 + sb + (sb + layer.m_bits) + 6 + OB),
+                                dsp=PE * dsp_rq)
+    else:
+        out["activation"] = Res(lut=c["lut_cmp_per_bit"] * NT * TW * PE, ff=PE * (NT * TW + OB))
     # operand registers (r1_act, r1_w) and control: counters, valid/first/last/fold flags
     nfa, sfa, wa = _clog2(NF), _clog2(SF), _clog2(NF * SF)
     # (a weight word read from RAMB18 is registered in the block RAM's output register)
     w_reg = 0 if out["weights"].bram18 else PE * SIMD * layer.WB
     out["operands"] = Res(ff=SIMD * layer.AB + w_reg)
-    out["control"] = Res(lut=c["lut_control"], ff=nfa + sfa + wa + (3 + nfa) + 2 * (3 + nfa) + (1 + nfa) + 2)
+    out["control"] = Res(lut=c["lut_control"], ff=nfa + sfa + wa + (3 + nfa) + 2 * (3 + nfa) + (1 + nfa) + 2
+                         + (4 if rq else 0))  # RQ: r5_v, r6_v, r5_last, r6_last
     return out if parts else sum(out.values(), Res())
 
 
@@ -475,6 +580,22 @@ def swu_resources(layer: Layer, SIMD: int, coeffs: Mapping[str, float] | None = 
                      ff=c["swu_ff_base"] + SIMD * layer.AB)
 
 
+def pool_widths(pool: Pool) -> dict[str, int]:
+    """avgpool.v's widths (its header): ``VW`` bits per decoded value (``B`` signed, 2
+    bipolar, ``B + 1`` unsigned),
+    ``HS_W`` the exact width of a row of ``k`` values, ``SUM_W`` of the ``k·k`` window
+    (both two's complement, the input's value range: bipolar ±1, signed, unsigned)."""
+    B = pool.bits
+    lo = 0 if not pool.in_signed else (-1 if B == 1 else -(1 << (B - 1)))
+    hi = (1 << B) - 1 if not pool.in_signed else (1 if B == 1 else (1 << (B - 1)) - 1)
+
+    def rbits(a: int, b: int) -> int:
+        return max(1, (-a - 1).bit_length() + 1 if a < 0 else 1, b.bit_length() + 1)
+
+    vw = rbits(lo, hi) if pool.in_signed else B + 1
+    return {"VW": vw, "HS_W": rbits(pool.k * lo, pool.k * hi), "SUM_W": rbits(pool.k ** 2 * lo, pool.k ** 2 * hi)}
+
+
 def pool_resources(pool: Pool | None, P: int, coeffs: Mapping[str, float] | None = None,
                    parts: bool = False) -> Res | dict[str, Res]:
     """Resources of one pool.v instance with ``P`` lanes (nothing without a pool), by its
@@ -482,10 +603,14 @@ def pool_resources(pool: Pool | None, P: int, coeffs: Mapping[str, float] | None
     shallow, else shift registers), the ``K-1`` line buffers (``OW·CF`` words, LUTRAM or
     RAMB18 by :func:`memory`; the read register is in the RAMB18 when they are), the
     ``2·(K-1)·P`` lane maxima, the R1/R2 registers and the counters (bit by bit from the
-    RTL). ``parts``: the components by name."""
+    RTL). An average pool (avgpool.v, :func:`_avgpool_resources`) has the same walk with
+    decoded values and sums instead. ``parts``: the components by name."""
     if pool is None:
         return {} if parts else Res()
     c = COEFFS if coeffs is None else coeffs
+    if pool.mode == "avg":
+        out = _avgpool_resources(pool, P, c)
+        return out if parts else sum(out.values(), Res())
     CF = ceil_div(pool.C, P)
     LW = P * pool.bits
     K1 = pool.k - 1
@@ -506,6 +631,43 @@ def pool_resources(pool: Pool | None, P: int, coeffs: Mapping[str, float] | None
     xa, ya = max(1, (WP + pool.stride).bit_length()), max(1, (HP + pool.stride).bit_length())
     out["control"] = Res(lut=c["lut_pool_control"], ff=cfa + 2 * xa + 2 * ya + lba + pha + 5)
     return out if parts else sum(out.values(), Res())
+
+
+def _avgpool_resources(pool: Pool, P: int, c: Mapping[str, float]) -> dict[str, Res]:
+    """avgpool.v by its structure (:func:`pool_widths`): the delay line of decoded
+    values (``K-1`` segments of ``CF`` words of ``P·VW`` bits), the ``K-1`` line buffers of
+    row sums (``OW·CF`` words of ``P·HS_W`` bits), the window-sum adders (``(K-1)·P`` of
+    ``HS_W`` bits in the rows, ``(K-1)·P`` of ``SUM_W`` bits across them, one LUT per bit
+    at ``lut_avgpool_sum_per_bit``), ``P`` requant.v instances (``M`` of 24 bits: one
+    DSP48E2 per lane up to a ``rq_one_dsp_max_acc_bits``-bit sum, two above; the rounding
+    window and saturation at ``lut_rq_base + lut_rq_per_out_bit·OB`` plus
+    ``lut_avgpool_per_lane``; the product, shift and code registers), the R1/R2 registers
+    and the counters."""
+    w = pool_widths(pool)
+    VW, HS_W, SUM_W, OB = w["VW"], w["HS_W"], w["SUM_W"], pool.ob
+    CF = ceil_div(pool.C, P)
+    K1 = pool.k - 1
+    WP, HP = pool.ifm_w + 2 * pool.pad, pool.ifm_h + 2 * pool.pad
+    DW, LH = P * VW, P * HS_W
+    out: dict[str, Res] = {}
+    if K1 == 0:
+        out["delay_line"] = Res()
+    elif CF >= c["pool_srl_min_depth"]:
+        out["delay_line"] = Res(lut=K1 * DW * ceil_div(CF, 32))
+    else:
+        out["delay_line"] = Res(ff=K1 * CF * DW)
+    lb = memory(pool.ofm_w * CF, LH, c) if K1 else Res()
+    out["line_buffers"] = (lb + Res(ff=0 if lb.bram18 else LH)) * K1
+    out["sums"] = Res(lut=c["lut_avgpool_sum_per_bit"] * K1 * P * (HS_W + SUM_W))
+    dsp = 1 if SUM_W <= c["rq_one_dsp_max_acc_bits"] else 2
+    out["requant"] = Res(lut=P * (c["lut_rq_base"] + c["lut_rq_per_out_bit"] * OB + c["lut_avgpool_per_lane"]),
+                         dsp=P * dsp,
+                         ff=P * (SUM_W + 24 + OB) + 7)  # product, code; shift + sign (shared)
+    out["registers"] = Res(ff=LH + P * SUM_W + 4)  # r1_h, r2_sum, r2/r3 valid and last
+    cfa, lba, pha = _clog2(CF), _clog2(pool.ofm_w * CF), _clog2(max(1, K1))
+    xa, ya = max(1, (WP + pool.stride).bit_length()), max(1, (HP + pool.stride).bit_length())
+    out["control"] = Res(lut=c["lut_pool_control"], ff=cfa + 2 * xa + 2 * ya + lba + pha + 5)
+    return out
 
 
 def layer_resources(layer: Layer, PE: int, SIMD: int, coeffs: Mapping[str, float] | None = None) -> Res:

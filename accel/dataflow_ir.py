@@ -44,17 +44,43 @@ Mapping (per image: the IR's batch axis 0 is never counted):
 * The output stage, found by following the accumulator through structural ops with one
   consumer (the lowering puts ``transpose``\\ s around per-channel stages):
 
-  * ``threshold`` with ``n`` thresholds per channel: ``out_bits = bitlength(n)``
+  * **requant mode** (mvau.v ``RQ = 1``: per-channel bias add + multiplier-shift
+    requantizer, ``Layer.out_stage = "requant"``, docs/dataflow.md "Requant output
+    stage") for a stage of ``b >= REQUANT_MIN_BITS = 5`` output bits that it reproduces
+    exactly. The rule comes from the cost model: from 5 bits one requantizer per PE
+    (~70 LUTs, 1-2 DSP48E2s, three ``NF``-word parameter memories) is cheaper than
+    ``2^b - 1`` threshold memories and comparators per PE at every folding (in LUT + FF/2 +
+    100·RAMB18; ``tests/test_dataflow.py::test_requant_stage_costs``), below it thresholds
+    are not dearer. Exact means (:func:`requant_stage_params`):
+
+    - an IR ``requant`` to ``5..16`` bits whose ``M`` and shift are constants, one per
+      output channel: its own ``M``, shift and the layer's bias (``B = bias``);
+    - an IR ``threshold`` stage with ``n = 2^b - 1`` thresholds, ``out_bias`` 0 or
+      ``-2^(b-1)``, not bipolar, **only when** an integer ``(B, M, SH)`` reproduces it on
+      every accumulator of the layer's exact range (:func:`threshold_requant`, checked
+      against the reference requant). The lowering's thresholds stay the reference: this
+      is a change of hardware, never of codes. A folded BatchNorm converts only when its
+      real offset lies on the accumulator grid (e.g. BatchNorm at its initial statistics),
+      so trained models usually keep their thresholds (a note says so);
+    - under two lanes per tap (the MVAU accumulates ``2·acc``) ``B = 2·bias`` and
+      ``SH = sh + 1``.
+
+    ``m_bits`` = the bit length of the largest ``M``, ``bias_bits`` = the signed width of
+    the ``B`` range; ``NT = 0``, pipeline ``D_MVAU_RQ``.
+  * otherwise ``threshold`` with ``n`` thresholds per channel: ``out_bits = bitlength(n)``
     (bipolar: 1), so the MVAU's ``NT = 2^out_bits - 1 >= n`` (the model costs ``NT``
     threshold memories; a note says when ``n < NT``);
-  * ``requant`` to ``b <= 8`` bits: costed as ``2^b - 1`` thresholds, FINN style (mvau.v
-    has threshold units, no multiplier-shift requantizer; a ``b``-bit requant is a
-    monotone step function of the accumulator, so ``2^b - 1`` thresholds reproduce it);
-  * a requant to more than 8 bits, or no stage: the MVAU outputs its accumulator
-    (``out_bits = 0``); such a requant is listed as not modelled.
+  * otherwise ``requant`` to ``b <= 8`` bits (``b < 5``, or not per channel): costed as
+    ``2^b - 1`` thresholds, FINN style (a ``b``-bit requant is a monotone step function of
+    the accumulator, so ``2^b - 1`` thresholds reproduce it; ``codesign verify`` derives
+    them by bisection);
+  * a requant to more than 8 bits that the requant mode cannot take, or no stage: the
+    MVAU outputs its accumulator (``out_bits = 0``); such a requant is listed as not
+    modelled.
 
-  A bias is folded into the thresholds (mvau.v has no bias input, docs/dataflow.md §1);
-  without a threshold stage the bias add is not costed (a note says so).
+  In threshold mode a bias is folded into the thresholds (docs/dataflow.md §1), in requant
+  mode it is the requantizer's bias; without a stage the bias add is not costed (a note
+  says so).
 * ``maxpool2d``: a pool unit (``sim/rtl/pool.v``, :class:`~codesign.accel.dataflow.Pool`)
   attached to the layer whose output codes it pools (``Layer.pool``; it takes the MVAU's
   ``PE`` lanes per beat, so the folding search costs it with each candidate ``PE``), found
@@ -78,10 +104,13 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from codesign.accel.dataflow import Layer, Pool, Window
 
 __all__ = ["MappedLayer", "DataflowMapping", "map_ir", "layers_from_ir", "two_lanes_per_tap", "LAYER_OPS",
-           "STAGE_OPS", "POOL_OPS"]
+           "STAGE_OPS", "POOL_OPS", "REQUANT_MIN_BITS", "REQUANT_MAX_BITS", "RQ_MAX_MBITS", "threshold_requant",
+           "requant_stage_params", "bits_signed"]
 
 #: IR ops that become a dataflow layer (an MVAU).
 LAYER_OPS = ("conv2d", "matmul", "xnor_popcount")
@@ -93,6 +122,200 @@ POOL_OPS = ("maxpool2d",)
 _PASS_OPS = ("transpose", "reshape", "flatten", "identity")
 #: mvau.v's largest threshold count per channel (``NT <= 255``, 8-bit outputs).
 MAX_OUT_BITS = 8
+#: Output stages of at least this many bits use mvau.v's requant mode (when they can, module
+#: docstring): by the cost model a requantizer per PE is cheaper than ``2^b - 1`` threshold
+#: memories and comparators from b = 5 at every folding (tests/test_dataflow.py).
+REQUANT_MIN_BITS = 5
+#: The widest requant output mvau.v's requant mode takes (requant.v: 2..16 bits).
+REQUANT_MAX_BITS = 16
+#: The widest multiplier a threshold stage converted to requant may use (mvau.v MBITS).
+RQ_MAX_MBITS = 24
+
+
+def bits_signed(lo: int, hi: int) -> int:
+    """The smallest two's-complement width (at least 2) holding ``[lo, hi]``."""
+    b = 2
+    while not (-(1 << (b - 1)) <= lo and hi <= (1 << (b - 1)) - 1):
+        b += 1
+    return b
+
+
+def requant_stage_params(kind: str, *, acc_lo: int, acc_hi: int, bias=None, scale: int = 1, T=None,
+                         out_bias: int = 0, M=None, sh=None, out_type=None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any] | None:
+    """The per-channel parameters of mvau.v's requant mode for a layer's output stage, or None.
+
+    ``kind``: the IR stage op, "requant" (``M``, ``sh`` per channel, ``out_type`` an
+    ``IntType``) or "threshold" (``T`` ``(C, n)`` per channel, ``out_bias``; converted by
+    :func:`threshold_requant`, None when not exactly a requant). ``bias``: the layer's bias
+    per channel (or None); ``[acc_lo, acc_hi]``: the IR accumulator's exact range without
+    bias; ``scale``: what the MVAU accumulates per unit of it (2 for two lanes per tap).
+    Returns ``(B, M, SH, Y)`` for the MVAU's accumulator ``scale·acc``:
+    ``requant(scale·acc + B, M, SH, Y) == stage(acc + bias)`` for every ``acc`` in the range
+    — with ``scale = 2``, ``B = 2·b`` and ``SH = sh + 1`` (``(2acc + 2b)·M / 2^(sh+1)`` is
+    the same rational number; a shift of 62 keeps 62 with ``M = 0``: both give 0 since
+    §3 bounds ``|acc·M| < 2^61``)."""
+    from codesign.sim import reference as ref
+
+    if scale not in (1, 2):
+        raise ValueError(f"requant_stage_params: scale={scale}; supported 1, 2")
+    if kind == "requant":
+        M = np.asarray(M, dtype=np.int64).reshape(-1)
+        sh = np.asarray(sh, dtype=np.int64).reshape(-1)
+        C = M.size
+        b = np.zeros(C, dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64).reshape(-1)
+        yt = out_type
+        if not 2 <= yt.bits <= REQUANT_MAX_BITS:
+            return None
+    elif kind == "threshold":
+        T = np.asarray(T, dtype=np.int64)
+        b0 = np.zeros(T.shape[0], dtype=np.int64) if bias is None else np.asarray(bias, dtype=np.int64).reshape(-1)
+        got = threshold_requant(T - b0[:, None], int(out_bias), int(acc_lo), int(acc_hi))
+        if got is None:
+            return None
+        b, M, sh = got
+        n = T.shape[1]
+        yt = ref.IntType(n.bit_length(), out_bias < 0)
+    else:
+        raise ValueError(f"requant_stage_params: kind {kind!r}; supported requant, threshold")
+    if scale == 2:
+        top = sh >= 62
+        b, M, sh = np.where(top, 0, 2 * b), np.where(top, 0, M), np.where(top, 62, sh + 1)
+    return b.astype(np.int64), M.astype(np.int64), sh.astype(np.int64), yt
+
+
+def _bound(num: int, den: int) -> tuple[int, int]:
+    """num/den as a fraction with a positive denominator."""
+    return (-num, -den) if den < 0 else (num, den)
+
+
+def _requant_of_row(C: list[int], lo_y: int, A: int, B: int, m_max: int) -> tuple[int, int, int] | None:
+    """(bias, M, sh) with ``sat(rshr((a + bias)·M, sh))`` == ``lo_y + #{t: a >= C[t]}`` for
+    every integer ``a`` in ``[A, B]`` (``C`` ascending, clipped to ``[A, B + 1]``), or None.
+
+    For ``M >= 1``, ``sh >= 1`` and ``ρ = 2^(sh-1)/M`` the requant reaches level ``lo_y + t``
+    exactly from ``R_t = ceil(k_t·ρ) - bias`` on, ``k_t = 2·(lo_y + t) - 1`` (§3: ``rshr`` rounds
+    half up, so ``(a + bias)·M >= (lo_y + t - ½)·2^sh``). Equality with the thresholds over
+    ``[A, B]`` is, per level: ``C_t - 1 < k_t·ρ - bias <= C_t`` for ``A < C_t <= B``,
+    ``k_t·ρ - bias <= A`` for ``C_t = A`` and ``> B`` for ``C_t = B + 1`` — linear bounds on ρ
+    for a fixed bias, intersected exactly in integers. Bias candidates come from a pivot level
+    and a slope estimate; for each, the smallest ``sh`` with an integer ``M < 2^m_max`` in the
+    interval wins (deterministic)."""
+    n = len(C)
+    ks = [2 * (lo_y + t) - 1 for t in range(1, n + 1)]
+    inr = [i for i in range(n) if A < C[i] <= B]
+    if len(inr) >= 2:
+        i, j = inr[0], inr[-1]
+        rho_n, rho_d = C[j] - C[i], ks[j] - ks[i]  # slope estimate (levels 2 apart in k)
+        piv = inr[len(inr) // 2]
+    else:
+        rho_n, rho_d = 2 * (B - A + 2), 1  # one level change at most: a slow ramp
+        below = [i for i in range(n) if C[i] <= A]
+        piv = inr[0] if inr else (below[-1] if below else 0)
+    # bias ≈ k_piv·ρ - C_piv (integer candidates around it)
+    base = -((-ks[piv] * rho_n) // rho_d) - C[piv]
+    for delta in (0, -1, 1, -2, 2, -3, 3):
+        bias = base + delta
+        lo_b, lo_strict = (0, 1), True  # ρ > 0
+        hi_b, hi_strict = None, False
+        ok = True
+
+        def lower(b, strict):
+            nonlocal lo_b, lo_strict
+            c = b[0] * lo_b[1] - lo_b[0] * b[1]
+            if c > 0 or (c == 0 and strict):
+                lo_b, lo_strict = b, strict
+
+        def upper(b, strict):
+            nonlocal hi_b, hi_strict
+            if hi_b is None:
+                hi_b, hi_strict = b, strict
+                return
+            c = b[0] * hi_b[1] - hi_b[0] * b[1]
+            if c < 0 or (c == 0 and strict):
+                hi_b, hi_strict = b, strict
+
+        for t in range(n):
+            k, c = ks[t], C[t]
+            if c <= A:  # k·ρ <= A + bias
+                (upper if k > 0 else lower)(_bound(A + bias, k), False)
+            elif c > B:  # k·ρ > B + bias
+                (lower if k > 0 else upper)(_bound(B + bias, k), True)
+            else:  # c + bias - 1 < k·ρ <= c + bias
+                if k > 0:
+                    lower(_bound(c + bias - 1, k), True)
+                    upper(_bound(c + bias, k), False)
+                else:
+                    upper(_bound(c + bias - 1, k), True)
+                    lower(_bound(c + bias, k), False)
+        if hi_b is not None:
+            c = hi_b[0] * lo_b[1] - lo_b[0] * hi_b[1]
+            if c < 0 or (c == 0 and (lo_strict or hi_strict)):
+                ok = False
+        if not ok or (hi_b is not None and hi_b[0] <= 0):
+            continue
+        for sh in range(1, 63):
+            P = 1 << (sh - 1)
+            # ρ = P/M: ρ <= U  <=>  M >= P/U;  ρ >= L  <=>  M <= P/L (strict: > / <)
+            if hi_b is None:
+                m_lo = 1
+            else:
+                q, r = divmod(P * hi_b[1], hi_b[0])
+                m_lo = q + 1 if (hi_strict or r) else q
+                m_lo = max(1, m_lo)
+            if lo_b[0] > 0:
+                q, r = divmod(P * lo_b[1], lo_b[0])
+                m_hi = q - 1 if (lo_strict and r == 0) else q
+            else:
+                m_hi = m_lo
+            if m_lo >= 1 << m_max:
+                break
+            if m_lo <= m_hi:
+                return bias, m_lo, sh
+    return None
+
+
+def threshold_requant(T, out_bias: int, acc_lo: int, acc_hi: int, m_max: int = RQ_MAX_MBITS
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A threshold stage as an exactly equal requant stage, or None.
+
+    ``T``: ``(C, n)`` ascending thresholds on the MVAU accumulator (any bias already folded
+    in), ``out_bias`` the code of count 0, ``[acc_lo, acc_hi]`` the accumulator's exact range.
+    Needs ``n = 2^b - 1`` and ``out_bias`` ``0`` (uint b) or ``-2^(b-1)`` (int b). Returns
+    per-channel ``(bias, M, sh)`` with ``codesign.sim.reference.requant(a + bias, M, sh, Y)
+    == threshold(a, T, out_bias)`` for **every** ``a`` in the range (checked here with the
+    reference requant at both sides of every threshold, which suffices because both are
+    non-decreasing step functions of ``a``), or None when some channel has no such
+    parameters (e.g. a BatchNorm whose real offset is not on the accumulator grid)."""
+    from codesign.sim import reference as ref
+
+    T = np.asarray(T, dtype=np.int64)
+    C, n = T.shape
+    b = n.bit_length()
+    if n != (1 << b) - 1 or out_bias not in (0, -(1 << (b - 1))) or b < 2:
+        return None
+    yt = ref.IntType(b, out_bias < 0)
+    Tc = np.clip(T, acc_lo, acc_hi + 1)
+    rows, inv = np.unique(Tc, axis=0, return_inverse=True)
+    params = []
+    for row in rows:
+        got = _requant_of_row([int(v) for v in row], int(out_bias), int(acc_lo), int(acc_hi), m_max)
+        if got is None:
+            return None
+        params.append(got)
+    P = np.array(params, dtype=np.int64)[np.asarray(inv).reshape(-1)]
+    bias, M, sh = P[:, 0], P[:, 1], P[:, 2]
+    # the exact check, against the reference requant: on both sides of every threshold
+    pts = np.concatenate([Tc - 1, Tc], axis=1)
+    pts = np.clip(pts, acc_lo, acc_hi)
+    want = (pts[:, :, None] >= Tc[:, None, :]).sum(axis=-1) + out_bias
+    got = ref.requant(pts + bias[:, None], M[:, None], sh[:, None], yt, m=max(16, int(M.max()).bit_length()))
+    ends = np.array([[acc_lo, acc_hi]] * C, dtype=np.int64)
+    want_e = (ends[:, :, None] >= Tc[:, None, :]).sum(axis=-1) + out_bias
+    got_e = ref.requant(ends + bias[:, None], M[:, None], sh[:, None], yt, m=max(16, int(M.max()).bit_length()))
+    if not (np.array_equal(got, want) and np.array_equal(got_e, want_e)):
+        return None
+    return bias, M, sh
 
 
 @dataclass(frozen=True)
@@ -116,7 +339,8 @@ class MappedLayer:
         w = l.window
         return {"name": l.name, "op": self.kind, "onnx_name": list(self.onnx_name), "MH": l.MH, "MW": l.MW,
                 "vectors": l.vectors, "WB": l.WB, "AB": l.AB, "a_signed": l.a_signed, "mode": l.mode,
-                "out_bits": l.out_bits, "NT": l.NT, "output_stage": self.stage,
+                "out_bits": l.out_bits, "NT": l.NT, "output_stage": self.stage, "out_stage": l.out_stage,
+                "m_bits": l.m_bits if l.requant else None, "bias_bits": l.bias_bits if l.requant else None,
                 "window": None if w is None else {"k": w.k, "C": w.C, "ifm_h": w.ifm_h, "ifm_w": w.ifm_w,
                                                   "stride": w.stride, "pad": w.pad,
                                                   "line_buffer": w.buffer_elems},
@@ -216,6 +440,74 @@ def _out_bits(g: _Graph, stage, where: str, notes: list[str]) -> int | None:
         return b
     b = _code_type(stage.attrs.get("out_type"), f"op '{stage.name}' out_type").bits
     return b if b <= MAX_OUT_BITS else None
+
+
+def _per_channel_const(g: _Graph, name: str, MH: int) -> np.ndarray | None:
+    """A stage constant as one value per output channel (scalar or MH values), else None."""
+    if name not in g.ir.constants:
+        return None
+    v = np.asarray(g.ir.constants[name].values, dtype=np.int64).reshape(-1)
+    if v.size == 1:
+        return np.full(MH, int(v[0]), dtype=np.int64)
+    return v if v.size == MH else None
+
+
+def _requant_mode(g: _Graph, op, kw: dict, stage, notes: list[str]) -> dict | None:
+    """Layer keywords of mvau.v's requant mode for ``stage`` (module docstring), or None to
+    keep thresholds (with a note saying why when the stage has >= REQUANT_MIN_BITS bits)."""
+    from codesign.sim import reference as ref
+
+    where = f"{op.name}: {stage.name}"
+    MH = int(kw["MH"])
+    if stage.op == "threshold":
+        if stage.attrs.get("bipolar"):
+            return None
+        n = int(g.shape(stage.inputs[1])[-1])
+        if n.bit_length() < REQUANT_MIN_BITS:
+            return None
+        T = np.asarray(g.ir.constants[stage.inputs[1]].values, dtype=np.int64)
+        if T.ndim != 2 or T.shape[0] not in (1, MH):
+            notes.append(f"{where}: thresholds not one row per output channel: kept as thresholds")
+            return None
+        T = np.broadcast_to(T, (MH, n))
+        args = dict(T=T, out_bias=int(stage.attrs.get("out_bias", 0)))
+    else:
+        yt = _code_type(stage.attrs.get("out_type"), f"op '{stage.name}' out_type")
+        if not REQUANT_MIN_BITS <= yt.bits <= REQUANT_MAX_BITS:
+            return None
+        M = _per_channel_const(g, stage.inputs[1], MH)
+        sh = _per_channel_const(g, stage.inputs[2], MH)
+        if M is None or sh is None:
+            notes.append(f"{where}: multipliers/shifts not constants, one per output channel: not the requant mode")
+            return None
+        args = dict(M=M, sh=sh, out_type=yt.int_type())
+    scale = 2 if two_lanes_per_tap(op) else 1
+    bias = None
+    if len(op.inputs) > 2 and op.inputs[2] in g.ir.constants:
+        bias = _per_channel_const(g, op.inputs[2], MH)
+    at = ref.IntType(int(kw["AB"]), bool(kw["a_signed"]))
+    lo, hi = ref.acc_range(int(kw["MW"]) // scale, at, ref.IntType(int(kw["WB"]), True))
+    got = requant_stage_params(stage.op, acc_lo=lo, acc_hi=hi, bias=bias, scale=scale, **args)
+    if got is None:
+        if stage.op == "threshold":
+            notes.append(f"{where}: its thresholds are not exactly a requant sat(rshr((acc + B)·M, sh)) (integer "
+                         "bias B on the accumulator grid) over the accumulator range: kept as thresholds")
+        else:
+            notes.append(f"{where}: output type not of the requant mode: kept as thresholds")
+        return None
+    B, Mv, SH, yt = got
+    mb = max(1, int(Mv.max()).bit_length())
+    bb = bits_signed(min(0, int(B.min())), max(0, int(B.max())))
+    if mb > RQ_MAX_MBITS or bb > 32:
+        notes.append(f"{where}: a {mb}-bit multiplier / {bb}-bit bias exceeds mvau.v's requant mode: kept as "
+                     "thresholds")
+        return None
+    how = ("its requant" if stage.op == "requant" else
+           f"its {2 ** yt.bits - 1} thresholds per channel equal a requant exactly over the accumulator range "
+           "(integer bias, M, shift found and checked against the reference requant at every threshold)")
+    notes.append(f"{where}: mvau.v's requant output stage ({yt.bits}-bit {'int' if yt.signed else 'uint'}, "
+                 f"{mb}-bit M, {bb}-bit bias): {how}; {REQUANT_MIN_BITS}+ bits: cheaper than 2^b - 1 thresholds")
+    return dict(out_bits=yt.bits, out_stage="requant", m_bits=mb, bias_bits=bb)
 
 
 def two_lanes_per_tap(op) -> bool:
@@ -386,7 +678,8 @@ def map_ir(ir) -> DataflowMapping:
         try:
             kw, acc = _layer(g, op, notes)
             stage, passed = _stage(g, acc)
-            ob = _out_bits(g, stage, op.name, notes)
+            rq = _requant_mode(g, op, kw, stage, notes) if stage is not None else None
+            ob = rq["out_bits"] if rq is not None else _out_bits(g, stage, op.name, notes)
             if ob is None:  # a requant/threshold mvau.v cannot hold: the accumulator leaves the MVAU
                 bits = (_code_type(stage.attrs["out_type"], stage.name).bits if stage.op == "requant"
                         else int(g.shape(stage.inputs[1])[-1]).bit_length())
@@ -399,7 +692,7 @@ def map_ir(ir) -> DataflowMapping:
             if stage is None and len(op.inputs) > 2 and op.inputs[2] in ir.constants:
                 notes.append(f"{op.name}: bias without a threshold stage: the bias add is not costed "
                              "(mvau.v folds biases into thresholds)")
-            layer = Layer(**kw, out_bits=ob)
+            layer = Layer(**kw, **rq) if rq is not None else Layer(**kw, out_bits=ob)
         except ValueError as e:
             out.not_modelled.append({"name": op.name, "op": op.op, "target": getattr(op, "target", "accel"),
                                      "reason": str(e).splitlines()[0]})
@@ -408,7 +701,7 @@ def map_ir(ir) -> DataflowMapping:
             out.not_modelled.append({"name": op.name, "op": op.op, "target": getattr(op, "target", "accel"),
                                      "reason": f"cannot be mapped ({type(e).__name__}: {e})".splitlines()[0]})
             continue
-        if stage is not None and stage.op == "requant":
+        if stage is not None and stage.op == "requant" and not layer.requant:
             notes.append(f"{op.name}: its requant {stage.name} to {ob} bits is costed as 2^{ob} - 1 = "
                          f"{(1 << ob) - 1} thresholds per channel (FINN style; mvau.v has thresholds, no "
                          "multiplier-shift requantizer)")

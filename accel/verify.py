@@ -33,6 +33,12 @@ Checks, in order (each one row of the pass/fail table):
    real tap ``a`` is the lane pair ``(a, a)``, a padded tap ``(+1, -1)``, the weights
    ``(w, w)``; the MVAU accumulates ``2·acc``, so its thresholds are ``2·(T - b)`` and its
    cycles are the model's for the encoded layer; the row's detail names the encoding.
+   A layer that dataflow.json puts in mvau.v's **requant mode** (``out_stage`` "requant",
+   chosen by ``codesign.accel.dataflow_ir``) runs in that mode: per-channel bias, M and
+   shift from ``dataflow_ir.requant_stage_params`` (an IR requant's own, with the layer's
+   bias; or the exact requant equal to an IR threshold stage; doubled bias and shift + 1
+   under two lanes per tap), output codes == the stage's codes in the trace, cycles
+   ``mvau_cycles(..., requant=True)`` (``D_MVAU_RQ``).
    A layer mvau.v cannot express is a ``skip`` with the reason, never approximated:
    grouped convs, parameters that differ within an output channel. A ``dataflow.json``
    that does not describe ``DIR/ir`` is a ``FAIL``.
@@ -272,8 +278,9 @@ def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
     ``report_doc["dataflow"]`` (codesign.accel.report) with its folding (``PE``, ``SIMD``),
     shape (``MH``, ``MW``, ``vectors``), widths (``WB``, ``AB``, ``a_signed``), ``mode``,
     ``NT``, ``RESTYPE`` (``dataflow.mult_on_dsp``), the IR op names it covers (``op``,
-    ``output_stage``, ``ops``) and ``parameters``, the Verilog parameters of its mvau.v
-    instance. ``ir`` (the build's IR) adds what the report does not hold: the output
+    ``output_stage``, ``ops``), its ``out_stage`` ("threshold" or "requant", with
+    ``m_bits``/``bias_bits``) and ``parameters``, the Verilog parameters of its mvau.v
+    instance (requant mode: ``RQ``, ``RQ_BITS``, ``RQ_SIGNED``, ``MBITS``, ``BIAS_W``). ``ir`` (the build's IR) adds what the report does not hold: the output
     stage's ``OUT_BIAS``, the structural ops between accumulator and stage and the
     layer's input ``encoding`` (:data:`TWO_LANES` for a conv2d with a bipolar input and
     padding, whose ``MW`` (= ``parameters.MW``) is then the encoded ``2·C·KH·KW``, as the
@@ -311,9 +318,11 @@ def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
 
             return TWO_LANES if two_lanes_per_tap(ops[name]) else "plain"
         for l in df["layers"]:
+            rq = l.get("out_stage") == "requant"
             layer = D.Layer(name=l["name"], MH=int(l["MH"]), MW=int(l["MW"]), vectors=int(l["vectors"]),
                             WB=int(l["WB"]), AB=int(l["AB"]), mode=l["mode"], a_signed=bool(l["a_signed"]),
-                            out_bits=int(l["out_bits"]))
+                            out_bits=int(l["out_bits"]), out_stage=l.get("out_stage") or "threshold",
+                            **({"m_bits": int(l["m_bits"]), "bias_bits": int(l["bias_bits"])} if rq else {}))
             stage = l.get("output_stage")
             m = mapped.get(l["name"])
             out_bias = _stage_out_bias(ops[stage]) if stage and stage in ops else (0 if not stage else None)
@@ -322,12 +331,17 @@ def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
                  "onnx_name": list(l.get("onnx_name") or []), "encoding": encoding(l["name"]),
                  **{k: l[k] for k in ("MH", "MW", "vectors", "PE", "SIMD", "WB", "AB", "a_signed", "mode",
                                       "out_bits", "NT", "window")},
+                 "out_stage": layer.out_stage, "m_bits": l.get("m_bits"), "bias_bits": l.get("bias_bits"),
                  "RESTYPE": int(D.mult_on_dsp(layer)), "OUT_BIAS": out_bias,
                  "model_cycles_per_vector": -(-int(l["MH"]) // int(l["PE"])) * -(-int(l["MW"]) // int(l["SIMD"]))}
             e["parameters"] = {"MH": e["MH"], "MW": e["MW"], "PE": e["PE"], "SIMD": e["SIMD"], "WB": e["WB"],
                                "AB": e["AB"], "A_SIGNED": int(bool(e["a_signed"])),
                                "BINARY": int(e["mode"] == "binary"), "RESTYPE": e["RESTYPE"], "NT": e["NT"],
                                "OUT_BIAS": out_bias, "ACC_OUT": 0}
+            if rq:  # mvau.v's requant mode; the output type is signed iff its lowest code is < 0
+                e["parameters"].update({"RQ": 1, "RQ_BITS": e["out_bits"], "MBITS": e["m_bits"],
+                                        "BIAS_W": e["bias_bits"],
+                                        "RQ_SIGNED": None if out_bias is None else int(out_bias < 0)})
             cfg["layers"].append(e)
     (out_dir / DATAFLOW_CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -394,6 +408,7 @@ class _LayerProblem:
     to_ir: Callable[[np.ndarray], np.ndarray]  # RTL output codes -> the IR's codes
     vector: Callable[[int], str]  # vector index -> its description
     stage_desc: str
+    rq: tuple | None = None  # requant mode: per-channel (bias, M, shift) of the MVAU
 
 
 def _im2col(x: np.ndarray, kh: int, kw: int, stride, pad, dil) -> tuple[np.ndarray, np.ndarray]:
@@ -632,61 +647,119 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
     else:
         y_ir = _backward(trace[stage.outputs[0]][:n], chain, ir)
         want = to_vectors(y_ir)
-        L = stage_in.shape[-1]
-        if stage.op == "threshold":
-            Tt = ir.constants[stage.inputs[1]].values.astype(np.int64)
-            rows = np.arange(L) if Tt.shape[0] == L else np.zeros(L, dtype=np.int64)
-            T_full = np.broadcast_to(Tt[rows], (*stage_in.shape, Tt.shape[1]))
-            T_ch = _per_channel(T_full, stage_in, MH, f"{stage.name}'s thresholds")
-            bipolar = bool(stage.attrs.get("bipolar"))
-            out_bias = 0 if bipolar else int(stage.attrs.get("out_bias", 0))
-            n_thr = T_ch.shape[1]
-            T = T_ch - bias_v[:, None]  # acc + b >= T  <=>  acc >= T - b
-            T = np.clip(T, lo_true, hi_true + 1)  # §8: no comparison changes (and no overflow when scaled)
-            desc = f"{stage.name}: {n_thr} thresholds/channel" + (", bias folded in" if bias is not None else "")
-
-            def to_ir(codes):
-                return 2 * codes - 1 if bipolar else codes
-        else:  # requant -> thresholds, exactly (bisection on the reference requant)
-            yt = ctype(stage, "out_type")
-            Mq = np.broadcast_to(ir.constants[stage.inputs[1]].values.astype(np.int64), stage_in.shape)
-            sq = np.broadcast_to(ir.constants[stage.inputs[2]].values.astype(np.int64), stage_in.shape)
-            M_ch = _per_channel(Mq[..., None], stage_in, MH, f"{stage.name}'s multipliers")[:, 0]
-            s_ch = _per_channel(sq[..., None], stage_in, MH, f"{stage.name}'s shifts")[:, 0]
-            T = requant_thresholds(M_ch, s_ch, bias_v, yt, lo_true, hi_true, int(stage.attrs.get("m", 16)))
-            out_bias, n_thr = yt.lo, T.shape[1]
-            desc = f"{stage.name}: requant as {n_thr} thresholds/channel (bisection)"
+        if e.get("out_stage") == "requant":  # mvau.v's requant mode (_requant_problem below)
+            out_bias, T = _stage_out_bias(stage), None
 
             def to_ir(codes):
                 return codes
-        if n_thr > NT:
-            raise _Disagrees(f"NT {NT} < the stage's {n_thr} thresholds per channel")
-        T = scale * T  # acc >= T  <=>  scale·acc >= scale·T (the MVAU accumulates scale·acc)
-        if NT > n_thr:  # thresholds the build has beyond the stage's: never reached
-            T = np.concatenate([T, np.full((MH, NT - n_thr), hi_acc + 1, dtype=np.int64)], axis=1)
-        T = np.clip(T, lo_acc, hi_acc + 1)  # §8: no comparison changes
-        OB = NT.bit_length()
-        top = out_bias + n_thr
-        fits = (-(1 << (OB - 1)) <= out_bias and top < (1 << (OB - 1))) if out_bias < 0 else top < (1 << OB)
-        if not fits:
-            raise _NotVerifiable(f"codes {out_bias}..{top} do not fit mvau.v's {OB}-bit output (NT = {NT})")
+        else:
+            L = stage_in.shape[-1]
+            if stage.op == "threshold":
+                Tt = ir.constants[stage.inputs[1]].values.astype(np.int64)
+                rows = np.arange(L) if Tt.shape[0] == L else np.zeros(L, dtype=np.int64)
+                T_full = np.broadcast_to(Tt[rows], (*stage_in.shape, Tt.shape[1]))
+                T_ch = _per_channel(T_full, stage_in, MH, f"{stage.name}'s thresholds")
+                bipolar = bool(stage.attrs.get("bipolar"))
+                out_bias = 0 if bipolar else int(stage.attrs.get("out_bias", 0))
+                n_thr = T_ch.shape[1]
+                T = T_ch - bias_v[:, None]  # acc + b >= T  <=>  acc >= T - b
+                T = np.clip(T, lo_true, hi_true + 1)  # §8: no comparison changes (and no overflow when scaled)
+                desc = f"{stage.name}: {n_thr} thresholds/channel" + (", bias folded in" if bias is not None else "")
+
+                def to_ir(codes):
+                    return 2 * codes - 1 if bipolar else codes
+            else:  # requant -> thresholds, exactly (bisection on the reference requant)
+                yt = ctype(stage, "out_type")
+                Mq = np.broadcast_to(ir.constants[stage.inputs[1]].values.astype(np.int64), stage_in.shape)
+                sq = np.broadcast_to(ir.constants[stage.inputs[2]].values.astype(np.int64), stage_in.shape)
+                M_ch = _per_channel(Mq[..., None], stage_in, MH, f"{stage.name}'s multipliers")[:, 0]
+                s_ch = _per_channel(sq[..., None], stage_in, MH, f"{stage.name}'s shifts")[:, 0]
+                T = requant_thresholds(M_ch, s_ch, bias_v, yt, lo_true, hi_true, int(stage.attrs.get("m", 16)))
+                out_bias, n_thr = yt.lo, T.shape[1]
+                desc = f"{stage.name}: requant as {n_thr} thresholds/channel (bisection)"
+
+                def to_ir(codes):
+                    return codes
+            if n_thr > NT:
+                raise _Disagrees(f"NT {NT} < the stage's {n_thr} thresholds per channel")
+            T = scale * T  # acc >= T  <=>  scale·acc >= scale·T (the MVAU accumulates scale·acc)
+            if NT > n_thr:  # thresholds the build has beyond the stage's: never reached
+                T = np.concatenate([T, np.full((MH, NT - n_thr), hi_acc + 1, dtype=np.int64)], axis=1)
+            T = np.clip(T, lo_acc, hi_acc + 1)  # §8: no comparison changes
+            OB = NT.bit_length()
+            top = out_bias + n_thr
+            fits = (-(1 << (OB - 1)) <= out_bias and top < (1 << (OB - 1))) if out_bias < 0 else top < (1 << OB)
+            if not fits:
+                raise _NotVerifiable(f"codes {out_bias}..{top} do not fit mvau.v's {OB}-bit output (NT = {NT})")
     if e.get("OUT_BIAS") is not None and int(e["OUT_BIAS"]) != out_bias:
         raise _Disagrees(f"OUT_BIAS {e['OUT_BIAS']} (IR: {out_bias})")
+    rq = None
+    if e.get("out_stage") == "requant":
+        rq, T, rq_desc, yt_rq = _requant_problem(ir, stage, stage_in, MH, bias_v, scale, lo_true, hi_true, e)
+        desc = rq_desc
     try:
-        cfg = MvauConfig(MH=MH, MW=MW, PE=int(e["PE"]), SIMD=int(e["SIMD"]), WB=WB, AB=AB, a_signed=a_signed,
-                         binary=binary, NT=NT, out_bias=out_bias, restype=int(e.get("RESTYPE", 0)), acc_out=False)
+        if rq is not None:
+            cfg = MvauConfig(MH=MH, MW=MW, PE=int(e["PE"]), SIMD=int(e["SIMD"]), WB=WB, AB=AB, a_signed=a_signed,
+                             binary=binary, NT=0, restype=int(e.get("RESTYPE", 0)), acc_out=False, rq=True,
+                             rq_bits=yt_rq.bits, rq_signed=yt_rq.signed, mbits=int(e["m_bits"]),
+                             bias_bits=int(e["bias_bits"]))
+        else:
+            cfg = MvauConfig(MH=MH, MW=MW, PE=int(e["PE"]), SIMD=int(e["SIMD"]), WB=WB, AB=AB, a_signed=a_signed,
+                             binary=binary, NT=NT, out_bias=out_bias, restype=int(e.get("RESTYPE", 0)),
+                             acc_out=False)
     except ValueError as exc:
         raise _NotVerifiable(f"not verifiable on mvau.v: {str(exc).splitlines()[0]}") from None
     if encoding:
         desc = f"{desc}; {encoding}"
-    return _LayerProblem(cfg=cfg, w=w, T=T, xs=xs, want=want, to_ir=to_ir, vector=vector, stage_desc=desc)
+    return _LayerProblem(cfg=cfg, w=w, T=T, xs=xs, want=want, to_ir=to_ir, vector=vector, stage_desc=desc, rq=rq)
+
+
+def _requant_problem(ir, stage, stage_in, MH: int, bias_v, scale: int, lo_true: int, hi_true: int, e: dict):
+    """The requant-mode parameters of dataflow.json layer ``e`` (``out_stage`` "requant"):
+    ``((bias, M, shift) per channel, None, description, output IntType)``, from the IR's
+    stage by ``dataflow_ir.requant_stage_params`` (per channel as ``_per_channel`` extracts
+    them). Raises _Disagrees when the stage has no such parameters or they do not fit the
+    recorded widths (``m_bits``, ``bias_bits``, ``out_bits``)."""
+    from codesign.accel.dataflow_ir import bits_signed, requant_stage_params
+    from codesign.accel.ir import CodeType
+
+    if stage is None:
+        raise _Disagrees("out_stage requant for a layer without output stage")
+    if stage.op == "threshold":
+        Tt = ir.constants[stage.inputs[1]].values.astype(np.int64)
+        L = stage_in.shape[-1]
+        rows = np.arange(L) if Tt.shape[0] == L else np.zeros(L, dtype=np.int64)
+        T_ch = _per_channel(np.broadcast_to(Tt[rows], (*stage_in.shape, Tt.shape[1])), stage_in, MH,
+                            f"{stage.name}'s thresholds")
+        got = None if stage.attrs.get("bipolar") else requant_stage_params(
+            "threshold", acc_lo=lo_true, acc_hi=hi_true, bias=bias_v, scale=scale, T=T_ch,
+            out_bias=int(stage.attrs.get("out_bias", 0)))
+        how = f"{stage.name}: {T_ch.shape[1]} thresholds/channel as their exact requant"
+    else:
+        yt = CodeType.from_json(stage.attrs["out_type"], f"op '{stage.name}' out_type").int_type()
+        Mq = np.broadcast_to(ir.constants[stage.inputs[1]].values.astype(np.int64), stage_in.shape)
+        sq = np.broadcast_to(ir.constants[stage.inputs[2]].values.astype(np.int64), stage_in.shape)
+        M_ch = _per_channel(Mq[..., None], stage_in, MH, f"{stage.name}'s multipliers")[:, 0]
+        s_ch = _per_channel(sq[..., None], stage_in, MH, f"{stage.name}'s shifts")[:, 0]
+        got = requant_stage_params("requant", acc_lo=lo_true, acc_hi=hi_true, bias=bias_v, scale=scale, M=M_ch,
+                                   sh=s_ch, out_type=yt)
+        how = f"{stage.name}: requant"
+    if got is None:
+        raise _Disagrees(f"out_stage requant, but {stage.name} is not exactly a requant of the accumulator")
+    B, Mv, SH, yt = got
+    mb, bb = max(1, int(Mv.max()).bit_length()), bits_signed(min(0, int(B.min())), max(0, int(B.max())))
+    if mb > int(e["m_bits"]) or bb > int(e["bias_bits"]) or yt.bits != int(e["out_bits"]):
+        raise _Disagrees(f"requant mode needs {mb}-bit M, {bb}-bit bias, {yt.bits}-bit output; dataflow.json has "
+                         f"{e['m_bits']}, {e['bias_bits']}, {e['out_bits']}")
+    desc = (f"{how} on mvau.v's requant mode ({yt.bits}-bit {'int' if yt.signed else 'uint'}, M {mb} bits, "
+            f"bias {bb} bits{', doubled bias and shift + 1 for 2·acc' if scale == 2 else ''})")
+    return (B, Mv, SH), None, desc, yt
 
 
 def _check_dataflow_rtl(d: Path, ir, xs, man, sim: str | None, progress, cases: int,
                         layers: Sequence[str] | None) -> list[Row]:
     """One row per dataflow.json layer: mvau.v at the build's folding on the first
     ``cases`` golden cases, codes == the IR's stage codes, cycles == mvau_cycles."""
-    from codesign.accel.dataflow import D_MVAU
     from codesign.sim import rtl
     from codesign.sim.rtl_mvau import MVAU_SOURCES, run_mvau_layer
     from codesign.sim.run_ir import run_reference
@@ -731,10 +804,11 @@ def _check_dataflow_rtl(d: Path, ir, xs, man, sim: str | None, progress, cases: 
                             f"{exc}", time.perf_counter() - t0))
             continue
         c = p.cfg
-        progress(f"rtl: {e['name']} on mvau.v (MH={c.MH}, MW={c.MW}, PE={c.PE}, SIMD={c.SIMD}, NT={c.NT}), "
+        progress(f"rtl: {e['name']} on mvau.v (MH={c.MH}, MW={c.MW}, PE={c.PE}, SIMD={c.SIMD}, "
+                 f"{'requant' if c.rq else f'NT={c.NT}'}), "
                  f"{n} case(s) under {sims[0]} ...")
         try:
-            runs = run_mvau_layer(c, p.w, p.T, p.xs, sim=sims[0])
+            runs = run_mvau_layer(c, p.w, p.T, p.xs, sim=sims[0], requant=p.rq)
         except rtl.RtlError as exc:
             rows.append(Row("rtl", what, "FAIL", f"{e['name']}: simulation failed: {str(exc).splitlines()[0]}",
                             time.perf_counter() - t0))
@@ -757,8 +831,8 @@ def _check_dataflow_rtl(d: Path, ir, xs, man, sim: str | None, progress, cases: 
             V = p.xs[0].shape[0]
             rows.append(Row("rtl", what, "pass",
                             f"codes == reference ({V} vectors x {c.MH} channels per case; {p.stage_desc}); "
-                            f"{runs[0].cycles} cycles per case == model NF·SF·V + D_MVAU = {c.NF}·{c.SF}·{V} + "
-                            f"{D_MVAU} ({sims[0]})", dt))
+                            f"{runs[0].cycles} cycles per case == model NF·SF·V + "
+                            f"{'D_MVAU_RQ' if c.rq else 'D_MVAU'} = {c.NF}·{c.SF}·{V} + {c.depth} ({sims[0]})", dt))
     return rows
 
 

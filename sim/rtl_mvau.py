@@ -4,12 +4,19 @@ The glue between numpy problems and the testbench ``sim/cocotb/tb_mvau.py``, bui
 through the helpers of :mod:`codesign.sim.rtl` (cached builds, Verilator or Icarus):
 
 * :class:`MvauConfig`: the RTL's parameters (MH, MW, PE, SIMD, bit widths, signedness,
-  binary or low-bit mode, thresholds) and the widths it derives (accumulator, output);
+  binary or low-bit mode, thresholds or the requant output stage) and the widths it
+  derives (accumulator, output);
 * the memory and stream encodings (:func:`weight_words`, :func:`threshold_writes`,
-  :func:`activation_beats`, :func:`decode_outputs`);
-* :func:`run_mvaus` / :func:`run_mvau`: numpy in (activations V x MW, weights MH x MW,
-  thresholds MH x NT), codes and measured cycles out, with the cycle model of
+  :func:`requant_writes`, :func:`activation_beats`, :func:`decode_outputs`);
+* :func:`run_mvaus` / :func:`run_mvau` / :func:`run_mvau_layer`: numpy in (activations
+  V x MW, weights MH x MW, thresholds MH x NT or per-channel bias/M/shift), codes and
+  measured cycles out, with the cycle model of
   :func:`codesign.accel.dataflow.mvau_cycles` alongside.
+
+Requant mode (``MvauConfig(rq=True)``, mvau.v ``RQ = 1``): the output is
+``codesign.sim.reference.requant(acc + bias, M, sh, Y)`` per channel (docs/arithmetic.md
+§3, the engine's ``sim/rtl/requant.v`` per PE), ``Y`` = ``rq_bits`` bits, signed or not;
+its pipeline is two stages deeper (``D_MVAU_RQ = 7``).
 
 Matrix convention: ``w[n, k]`` is the weight of output channel ``n`` and input ``k`` (the
 MVAU's MH x MW matrix, FINN's orientation); the reference's ``matmul(x, w.T)`` is the
@@ -23,16 +30,17 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from codesign.accel.dataflow import D_MVAU, mvau_cycles
+from codesign.accel.dataflow import D_MVAU, D_MVAU_RQ, mvau_cycles
 from codesign.sim import reference as ref
 from codesign.sim import rtl
 from codesign.sim.checks import check_codes
 from codesign.sim.reference import IntType
 
-__all__ = ["MVAU_SOURCES", "MvauConfig", "MvauRun", "weight_words", "threshold_writes",
-           "activation_beats", "decode_outputs", "run_mvaus", "run_mvau"]
+__all__ = ["MVAU_SOURCES", "MvauConfig", "MvauRun", "weight_words", "threshold_writes", "requant_writes",
+           "activation_beats", "decode_outputs", "run_mvaus", "run_mvau", "run_mvau_layer"]
 
-MVAU_SOURCES = ("mvau.v",)
+#: mvau.v and the requantizer it instantiates per PE in requant mode (sim/rtl/requant.v).
+MVAU_SOURCES = ("mvau.v", "requant.v")
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,10 @@ class MvauConfig:
     ``binary``: XNOR-popcount mode (``WB = AB = 1``, ``a_signed``: bipolar operands).
     ``NT``: thresholds per channel (0: the output is the raw accumulator);
     ``out_bias``: added to the threshold count. ``restype``: products in LUTs (0) or as
-    ``*`` (1, DSP). ``acc_out``: also stream the raw accumulators (a test port)."""
+    ``*`` (1, DSP). ``acc_out``: also stream the raw accumulators (a test port).
+    ``rq``: requant output stage instead (needs ``NT = 0``): ``rq_bits`` (2..16) output
+    bits, ``rq_signed`` output type, ``mbits`` (1..24) multiplier bits, ``bias_bits``
+    (2..32) signed bias bits (mvau.v's ``RQ_BITS``, ``RQ_SIGNED``, ``MBITS``, ``BIAS_W``)."""
 
     MH: int
     MW: int
@@ -56,6 +67,11 @@ class MvauConfig:
     out_bias: int = 0
     restype: int = 0
     acc_out: bool = True
+    rq: bool = False
+    rq_bits: int = 8
+    rq_signed: bool = True
+    mbits: int = 16
+    bias_bits: int = 16
 
     def __post_init__(self) -> None:
         where = f"MvauConfig(MH={self.MH}, MW={self.MW}, PE={self.PE}, SIMD={self.SIMD})"
@@ -73,6 +89,12 @@ class MvauConfig:
             raise ValueError(f"{where}: restype={self.restype}; supported 0 (LUT) or 1 (DSP)")
         if self.acc_bits > 30:
             raise ValueError(f"{where}: a {self.acc_bits}-bit accumulator; mvau.v supports up to 30 bits")
+        if self.rq:
+            if self.NT != 0:
+                raise ValueError(f"{where}: requant mode needs NT = 0 (got NT={self.NT})")
+            if not (2 <= self.rq_bits <= 16 and 1 <= self.mbits <= 24 and 2 <= self.bias_bits <= 32):
+                raise ValueError(f"{where}: requant rq_bits={self.rq_bits}, mbits={self.mbits}, "
+                                 f"bias_bits={self.bias_bits}; supported 2..16, 1..24, 2..32")
 
     @property
     def a_type(self) -> IntType:
@@ -101,17 +123,37 @@ class MvauConfig:
 
     @property
     def out_bits(self) -> int:
-        """OB: bits of one output code (NT = 0: the accumulator's)."""
+        """OB: bits of one output code (NT = 0: the accumulator's; requant: rq_bits)."""
+        if self.rq:
+            return self.rq_bits
         return self.acc_bits if self.NT == 0 else int(self.NT).bit_length()
 
     @property
     def out_signed(self) -> bool:
+        if self.rq:
+            return self.rq_signed
         return self.NT == 0 or self.out_bias < 0
 
+    @property
+    def out_type(self) -> IntType:
+        """The requant output type Y (requant mode only)."""
+        return IntType(self.rq_bits, self.rq_signed)
+
+    @property
+    def depth(self) -> int:
+        """mvau.v's pipeline depth in the cycle model: D_MVAU, or D_MVAU_RQ in requant mode."""
+        return D_MVAU_RQ if self.rq else D_MVAU
+
     def parameters(self) -> dict[str, int]:
-        return {"MH": self.MH, "MW": self.MW, "PE": self.PE, "SIMD": self.SIMD, "WB": self.WB, "AB": self.AB,
-                "A_SIGNED": int(self.a_signed), "BINARY": int(self.binary), "RESTYPE": self.restype,
-                "NT": self.NT, "OUT_BIAS": self.out_bias, "ACC_OUT": int(self.acc_out)}
+        """mvau.v's Verilog parameters (the requant ones only in requant mode, so threshold
+        and raw builds keep their parameter sets and build caches)."""
+        p = {"MH": self.MH, "MW": self.MW, "PE": self.PE, "SIMD": self.SIMD, "WB": self.WB, "AB": self.AB,
+             "A_SIGNED": int(self.a_signed), "BINARY": int(self.binary), "RESTYPE": self.restype,
+             "NT": self.NT, "OUT_BIAS": self.out_bias, "ACC_OUT": int(self.acc_out)}
+        if self.rq:
+            p.update(RQ=1, RQ_BITS=self.rq_bits, RQ_SIGNED=int(self.rq_signed), MBITS=self.mbits,
+                     BIAS_W=self.bias_bits)
+        return p
 
 
 @dataclass(frozen=True)
@@ -169,6 +211,28 @@ def threshold_writes(cfg: MvauConfig, T: np.ndarray | None) -> list[list[int]]:
             for p in range(cfg.PE) for t in range(cfg.NT) for nf in range(cfg.NF)]
 
 
+def requant_writes(cfg: MvauConfig, bias, M, sh) -> list[list[int]]:
+    """[pe, idx, addr, value] writes of the per-channel requant parameters through the
+    threshold port (mvau.v header): idx 0 the bias (``bias_bits`` two's complement), 1 the
+    multiplier M (``0 <= M < 2^mbits``), 2 the shift (0..62); padding channels get 0.
+    ``bias``, ``M``, ``sh``: MH integers each. Raises ``ValueError`` (one line) for a value
+    outside its field."""
+    vals = []
+    for what, v, lo, hi in (("bias", bias, -(1 << (cfg.bias_bits - 1)), (1 << (cfg.bias_bits - 1)) - 1),
+                            ("M", M, 0, (1 << cfg.mbits) - 1), ("shift", sh, 0, 62)):
+        v = np.asarray(v, dtype=np.int64).reshape(-1)
+        if v.shape != (cfg.MH,):
+            raise ValueError(f"requant_writes: {what} must hold MH = {cfg.MH} values, got {v.shape}")
+        if v.size and (v.min() < lo or v.max() > hi):
+            raise ValueError(f"requant_writes: {what} [{int(v.min())}, {int(v.max())}] outside {lo}..{hi} "
+                             f"(bias_bits={cfg.bias_bits}, mbits={cfg.mbits})")
+        full = np.zeros(cfg.NF * cfg.PE, dtype=np.int64)
+        full[:cfg.MH] = v
+        vals.append(full & ((1 << max(cfg.bias_bits, cfg.mbits, 6)) - 1))
+    return [[p, idx, nf, int(vals[idx][nf * cfg.PE + p])]
+            for idx in range(3) for p in range(cfg.PE) for nf in range(cfg.NF)]
+
+
 def activation_beats(cfg: MvauConfig, x: np.ndarray, pad: np.ndarray | None = None) -> list[int]:
     """V x MW activation codes -> V * SF beats of SIMD lanes (lane j at [AB*j +: AB]);
     lanes past MW in each vector's last beat take ``pad`` (V x SF*SIMD codes) or 0
@@ -197,12 +261,18 @@ def _case(cfg: MvauConfig, prob: Mapping[str, Any]) -> dict:
     check_codes("run_mvau", "x", x, cfg.a_type)
     check_codes("run_mvau", "w", w, cfg.w_type)
     T = prob.get("T")
+    if cfg.rq:
+        if any(prob.get(k) is None for k in ("bias", "M", "sh")):
+            raise ValueError("run_mvau: requant mode needs per-channel 'bias', 'M' and 'sh'")
+        thr = requant_writes(cfg, prob["bias"], prob["M"], prob["sh"])
     if cfg.NT:
         T = np.asarray(T, dtype=np.int64)
         if T.shape != (cfg.MH, cfg.NT) or np.any(np.diff(T, axis=1) < 0):
             raise ValueError(f"run_mvau: thresholds must be MH x NT = {cfg.MH} x {cfg.NT}, ascending, got {T.shape}")
     V = x.shape[0]
-    return {"wgt": weight_words(cfg, w, prob.get("w_pad")), "thr": threshold_writes(cfg, T),
+    if not cfg.rq:
+        thr = threshold_writes(cfg, T)
+    return {"wgt": weight_words(cfg, w, prob.get("w_pad")), "thr": thr,
             "act": activation_beats(cfg, x, prob.get("x_pad")), "n_out": V * cfg.NF,
             "tlast": [int(i % cfg.NF == cfg.NF - 1) for i in range(V * cfg.NF)],
             "slots": V * cfg.NF * cfg.SF, "stall": float(prob.get("stall", 0.0)), "seed": int(prob.get("seed", 1))}
@@ -210,7 +280,7 @@ def _case(cfg: MvauConfig, prob: Mapping[str, Any]) -> dict:
 
 def run_mvaus(cfg: MvauConfig, problems: Sequence[Mapping[str, Any]], sim: str = "verilator") -> list[MvauRun]:
     """Several problems (dicts with ``x`` V x MW, ``w`` MH x MW, ``T`` MH x NT when NT > 0,
-    and optionally ``stall``, ``seed``, ``x_pad``/``w_pad`` for the padding lanes) one
+    ``bias``/``M``/``sh`` (MH each) in requant mode, and optionally ``stall``, ``seed``, ``x_pad``/``w_pad`` for the padding lanes) one
     after the other in one simulation of one mvau.v build of ``cfg``."""
     cases = [_case(cfg, p) for p in problems]
     results = rtl.run_cocotb(sim, "mvau", MVAU_SOURCES, "tb_mvau", inputs={"cases": cases},
@@ -218,13 +288,13 @@ def run_mvaus(cfg: MvauConfig, problems: Sequence[Mapping[str, Any]], sim: str =
     runs = []
     for prob, res in zip(problems, results):
         V = np.asarray(prob["x"]).shape[0]
-        if res["d_mvau"] != D_MVAU or res["acc_w"] != cfg.acc_bits:
+        if res["d_mvau"] != cfg.depth or res["acc_w"] != cfg.acc_bits:
             raise rtl.RtlError(f"mvau.v reports D_MVAU={res['d_mvau']}, ACC_W={res['acc_w']}; the model says "
-                               f"{D_MVAU}, {cfg.acc_bits}")
+                               f"{cfg.depth}, {cfg.acc_bits}")
         codes = decode_outputs(cfg, res["out"], cfg.out_bits, cfg.out_signed, V)
         acc = decode_outputs(cfg, res["acc"], cfg.acc_bits, True, V) if cfg.acc_out else None
         runs.append(MvauRun(codes=codes, acc=acc, cycles=int(res["cycles"]),
-                            expected_cycles=mvau_cycles(cfg.MH, cfg.MW, cfg.PE, cfg.SIMD, V)))
+                            expected_cycles=mvau_cycles(cfg.MH, cfg.MW, cfg.PE, cfg.SIMD, V, requant=cfg.rq)))
     return runs
 
 
@@ -243,9 +313,10 @@ def run_mvau(x: np.ndarray, w: np.ndarray, T: np.ndarray | None = None, *, PE: i
 
 
 def run_mvau_layer(cfg: MvauConfig, w: np.ndarray, T: np.ndarray | None, xs: Sequence[np.ndarray],
-                   sim: str = "verilator") -> list[MvauRun]:
+                   sim: str = "verilator", requant: tuple | None = None) -> list[MvauRun]:
     """One layer's streams on one mvau.v build of ``cfg``: the weights ``w`` (MH x MW) and
-    thresholds ``T`` (MH x NT, None when NT = 0) are written to the memories **once**, then
+    thresholds ``T`` (MH x NT, None when NT = 0) or, in requant mode (``cfg.rq``), the
+    per-channel ``requant = (bias, M, sh)`` are written to the memories **once**, then
     every ``xs[i]`` (V_i x MW codes, e.g. one golden case's vectors) streams through in
     turn, without stalls, in the same simulation (the memories keep their contents between
     cases, sim/cocotb/tb_mvau.py). One :class:`MvauRun` per stream: its codes (V_i x MH),
@@ -255,7 +326,8 @@ def run_mvau_layer(cfg: MvauConfig, w: np.ndarray, T: np.ndarray | None, xs: Seq
         raise ValueError("run_mvau_layer: no input streams")
     cases = []
     for i, x in enumerate(xs):
-        c = _case(cfg, dict(x=x, w=w, T=T))
+        rq = {} if requant is None else dict(zip(("bias", "M", "sh"), requant))
+        c = _case(cfg, dict(x=x, w=w, T=T, **rq))
         if i:
             c["wgt"], c["thr"] = [], []
         cases.append(c)
@@ -264,11 +336,11 @@ def run_mvau_layer(cfg: MvauConfig, w: np.ndarray, T: np.ndarray | None, xs: Seq
     runs = []
     for x, res in zip(xs, results):
         V = np.asarray(x).shape[0]
-        if res["d_mvau"] != D_MVAU or res["acc_w"] != cfg.acc_bits:
+        if res["d_mvau"] != cfg.depth or res["acc_w"] != cfg.acc_bits:
             raise rtl.RtlError(f"mvau.v reports D_MVAU={res['d_mvau']}, ACC_W={res['acc_w']}; the model says "
-                               f"{D_MVAU}, {cfg.acc_bits}")
+                               f"{cfg.depth}, {cfg.acc_bits}")
         codes = decode_outputs(cfg, res["out"], cfg.out_bits, cfg.out_signed, V)
         acc = decode_outputs(cfg, res["acc"], cfg.acc_bits, True, V) if cfg.acc_out else None
         runs.append(MvauRun(codes=codes, acc=acc, cycles=int(res["cycles"]),
-                            expected_cycles=mvau_cycles(cfg.MH, cfg.MW, cfg.PE, cfg.SIMD, V)))
+                            expected_cycles=mvau_cycles(cfg.MH, cfg.MW, cfg.PE, cfg.SIMD, V, requant=cfg.rq)))
     return runs

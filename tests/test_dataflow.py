@@ -12,6 +12,7 @@ import itertools
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,16 +116,52 @@ def test_resources_monotone():
     assert r2.lut + 100 * r2.bram18 > r1.lut + 100 * r1.bram18
 
 
+#: mvau.v parameter sets of the requant output stage (RQ = 1) in the MVAU calibration
+#: (accel/dataflow_calibration.json "configs", rows whose params have RQ = 1): binary with
+#: RAMB18 weights, unsigned 4-bit and 2-bit activations, DSP products with a 25-bit biased
+#: accumulator (two requant DSPs), a 24-bit multiplier; 5, 6 and 8 output bits.
+RQ_CALIBRATION: dict[str, dict[str, int]] = {
+    "binary 64x576 PE4 SIMD32 RQ8s (BRAM)": dict(MH=64, MW=576, PE=4, SIMD=32, WB=1, AB=1, BINARY=1, NT=0, RQ=1,
+                                                 RQ_BITS=8, RQ_SIGNED=1, MBITS=16, BIAS_W=16),
+    "w4a4u 32x64 PE4 SIMD8 RQ8u": dict(MH=32, MW=64, PE=4, SIMD=8, WB=4, AB=4, A_SIGNED=0, NT=0, RQ=1, RQ_BITS=8,
+                                       RQ_SIGNED=0, MBITS=16, BIAS_W=16),
+    "w8a8 dsp 16x64 PE2 SIMD8 RQ8s b24": dict(MH=16, MW=64, PE=2, SIMD=8, WB=8, AB=8, RESTYPE=1, NT=0, RQ=1,
+                                              RQ_BITS=8, RQ_SIGNED=1, MBITS=16, BIAS_W=24),
+    "w2a2 32x64 PE4 SIMD16 RQ5u b12": dict(MH=32, MW=64, PE=4, SIMD=16, WB=2, AB=2, NT=0, RQ=1, RQ_BITS=5,
+                                           RQ_SIGNED=0, MBITS=16, BIAS_W=12),
+    "binary 64x64 PE8 SIMD32 RQ6s m24": dict(MH=64, MW=64, PE=8, SIMD=32, WB=1, AB=1, BINARY=1, NT=0, RQ=1,
+                                             RQ_BITS=6, RQ_SIGNED=1, MBITS=24, BIAS_W=16),
+}
+
+
+def rq_layer_of(p) -> D.Layer:
+    """The cost model's layer for requant-mode mvau.v parameters ``p``."""
+    binary = p.get("BINARY", 0) == 1
+    return D.Layer("mvau", p["MH"], p["MW"], 1, p["WB"], p["AB"], "binary" if binary else "lowbit",
+                   bool(p.get("A_SIGNED", 1)), out_bits=p["RQ_BITS"],
+                   res_type="auto" if binary else ("dsp" if p.get("RESTYPE", 0) else "lut"),
+                   out_stage="requant", m_bits=p["MBITS"], bias_bits=p["BIAS_W"])
+
+
+def rq_model_counts(p) -> dict[str, int]:
+    r = D.mvau_resources(rq_layer_of(p), p["PE"], p["SIMD"]).rounded()
+    return {k: int(r[k]) for k in ("lut", "ff", "dsp", "bram18")}
+
+
 def test_calibration_file_matches_model():
-    """accel/dataflow_calibration.json (bench/dataflow_crosscheck.py --write): every ratio
-    within 25 %, and the model columns equal the current model (rerun --write after a
-    model change)."""
+    """accel/dataflow_calibration.json (bench/dataflow_crosscheck.py --write, plus the
+    requant-mode rows of RQ_CALIBRATION): every ratio within 25 %, and the model columns
+    equal the current model (rerun --write after a model change)."""
     from codesign.bench import dataflow_crosscheck as X
 
     doc = json.loads(X.CALIBRATION_PATH.read_text())
-    assert len(doc["configs"]) == len(X.CONFIGS) >= 5
+    thr_rows = [r for r in doc["configs"] if not r["params"].get("RQ")]
+    rq_rows = [r for r in doc["configs"] if r["params"].get("RQ")]
+    assert len(thr_rows) == len(X.CONFIGS) >= 5
+    assert {r["id"] for r in rq_rows} == set(RQ_CALIBRATION)
     for row in doc["configs"]:
-        assert row["model"] == X.model_counts(row["params"]), row["id"]
+        want = rq_model_counts(row["params"]) if row["params"].get("RQ") else X.model_counts(row["params"])
+        assert row["model"] == want, row["id"]
         for k in X.KEYS:
             y, m = row["yosys"][k], row["model"][k]
             assert (y == m == 0) or abs(m / y - 1) <= X.THRESHOLD, (row["id"], k, m, y)
@@ -136,8 +173,56 @@ def test_calibration_yosys_fresh():
     from codesign.bench import dataflow_crosscheck as X
 
     doc = json.loads(X.CALIBRATION_PATH.read_text())
-    row = next(r for r in doc["configs"] if r["id"].startswith("binary 64x64"))
+    row = next(r for r in doc["configs"] if r["id"].startswith("binary 64x64 PE4"))
     assert X.yosys_counts(row["params"]) == row["yosys"]
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed")
+def test_calibration_yosys_fresh_requant():
+    """One requant-mode configuration (mvau.v + requant.v) re-synthesised equals the record."""
+    from codesign.sim.yosys import synth
+
+    doc = json.loads((Path(D.__file__).resolve().parent / "dataflow_calibration.json").read_text())
+    row = next(r for r in doc["configs"] if r["id"] == "w2a2 32x64 PE4 SIMD16 RQ5u b12")
+    c = synth("mvau", ["mvau.v", "requant.v"], row["params"])
+    assert {"lut": c.lut, "ff": c.ff, "dsp": c.dsp, "bram18": c.bram18, "carry": c.carry} == row["yosys"]
+
+
+def test_requant_stage_costs():
+    """The requant stage by the RTL's structure: PE requantizers with 1 DSP48E2 each up to an
+    18-bit biased accumulator (2 above), 3·PE parameter memories of NF words, no threshold
+    memories, NT = 0, OB = out_bits, pipeline D_MVAU_RQ; and for b >= 5 output bits it is
+    cheaper than 2^b - 1 thresholds at every folding of a typical binary conv, in CLB terms
+    (LUT + FF/2: a CLB holds 8 LUTs and 16 FFs; a RAMB18 weighted as 100 LUTs), the rule
+    accel/dataflow_ir.py maps by (REQUANT_MIN_BITS)."""
+    from codesign.accel.dataflow_ir import REQUANT_MIN_BITS
+
+    assert REQUANT_MIN_BITS == 5
+
+    def clb(r):
+        return r.lut + r.ff / 2 + 100 * r.bram18
+
+    L = D.Layer("rq", MH=64, MW=576, vectors=16, out_bits=8, out_stage="requant", m_bits=16, bias_bits=16)
+    assert L.NT == 0 and D.widths(L)["OB"] == 8 and D.widths(L)["SUMB_W"] == 17 and D.mvau_depth(L) == 7
+    parts = D.mvau_resources(L, 4, 32, parts=True)
+    assert parts["thresholds"] == D.Res() and parts["activation"].dsp == 4
+    # NF = 16 words of 16 + 16 + 6 bits per PE: LUTRAM RAM32M16 (8 LUTs per 14 bits)
+    assert parts["requant_params"].lut == 4 * (16 + 16 + 8)
+    wide = D.Layer("rq", MH=64, MW=576, out_bits=8, out_stage="requant", bias_bits=24)
+    assert D.mvau_resources(wide, 4, 32, parts=True)["activation"].dsp == 8
+    assert D.mvau_cycles(64, 576, 4, 32, 16, requant=True) == D.mvau_cycles(64, 576, 4, 32, 16) + 2
+    lat = D.dataflow_cycles([L], [(4, 32)])["latency"]
+    assert lat == D.mvau_cycles(64, 576, 4, 32, 16, requant=True)
+    for b in (5, 6, 7, 8):
+        thr = D.Layer("t", MH=64, MW=576, vectors=16, out_bits=b)
+        rq = D.Layer("r", MH=64, MW=576, vectors=16, out_bits=b, out_stage="requant")
+        for pe, simd in D.candidates(thr):
+            a, r = D.mvau_resources(thr, pe, simd), D.mvau_resources(rq, pe, simd)
+            assert clb(r) < clb(a), (b, pe, simd)
+    with pytest.raises(ValueError, match="out_stage"):
+        D.Layer("x", MH=4, MW=4, out_stage="lut")
+    with pytest.raises(ValueError, match="requant stage out_bits=1"):
+        D.Layer("x", MH=4, MW=4, out_bits=1, out_stage="requant")
 
 
 # ---------------------------------------------------------------------------
@@ -255,3 +340,92 @@ def test_pe_max_bounds_the_search_candidates():
     assert D.search([bound], "zcu102").folding[0][0] == 1
     with pytest.raises(ValueError, match="pe_max=0"):
         D.Layer("x", MH=4, MW=4, pe_max=0)
+
+
+# ---------------------------------------------------------------------------
+# threshold stage -> exactly equal requant (accel/dataflow_ir.py)
+# ---------------------------------------------------------------------------
+
+def _thresholds_of(f, A, B, n, lo_y):
+    """Thresholds of a non-decreasing code function f on [A, B] (brute force): the smallest
+    a with f(a) >= lo_y + t, or B + 1."""
+    a = np.arange(A, B + 1)
+    y = f(a)
+    return np.array([[A + int(np.argmax(y >= lo_y + t)) if np.any(y >= lo_y + t) else B + 1
+                      for t in range(1, n + 1)]])
+
+
+def test_threshold_requant_brute_force():
+    """threshold_requant: thresholds computed by brute force from a requant always convert,
+    and every conversion (also of BatchNorm-like float lines, which often do not) equals the
+    thresholds on every accumulator of the range (reference.threshold == reference.requant)."""
+    from codesign.accel.dataflow_ir import threshold_requant
+    from codesign.sim import reference as ref
+
+    rng = np.random.default_rng(3)
+    converted = refused = 0
+    for trial in range(240):
+        b = int(rng.integers(2, 9))
+        n, signed = (1 << b) - 1, bool(trial % 2)
+        yt = ref.IntType(b, signed)
+        A, B = -int(rng.integers(1, 400)), int(rng.integers(1, 400))
+        if trial % 3 == 0:
+            M, sh, bias = int(rng.integers(1, 1 << 16)), int(rng.integers(1, 30)), int(rng.integers(-60, 60))
+            T = _thresholds_of(lambda a: ref.requant(a + bias, M, sh, yt), A, B, n, yt.lo)
+        else:
+            d, c = rng.uniform(0.2, 30), rng.uniform(-200, 200)
+            T = np.ceil(c + np.arange(n) * d).astype(np.int64)[None, :]
+        got = threshold_requant(T, yt.lo, A, B)
+        if got is None:
+            assert trial % 3 != 0, (T, A, B, yt)
+            refused += 1
+            continue
+        converted += 1
+        a = np.arange(A, B + 1)
+        bias, M, sh = (int(v[0]) for v in got)
+        assert np.array_equal(ref.requant(a + bias, M, sh, yt, m=24), ref.threshold(a[:, None], T, yt.lo)[:, 0])
+    assert converted >= 80 and refused >= 10  # both outcomes occur
+    # the requant's output type must be the threshold stage's: n = 2^b - 1 and out_bias lo or 0
+    assert threshold_requant(np.arange(6)[None, :], 0, -10, 10) is None
+    assert threshold_requant(np.arange(7)[None, :], 3, -10, 10) is None
+
+
+def test_map_ir_requant_rule():
+    """map_ir on a one-conv IR: a requant stage of >= REQUANT_MIN_BITS bits maps to the
+    requant mode (M and bias widths from the IR's constants), a narrower one to thresholds;
+    an 8-bit threshold stage that is exactly a requant maps to the requant mode, one that is
+    not stays thresholds (notes say which and why)."""
+    from types import SimpleNamespace as NS
+
+    from codesign.accel.dataflow_ir import map_ir
+    from codesign.sim import reference as ref
+
+    def ir_with(stage_op, out_bits, consts):
+        t = {"x": NS(shape=(1, 16)), "acc": NS(shape=(1, 8)), "y": NS(shape=(1, 8))}
+        c = {"w": NS(values=np.ones((16, 8)), shape=(16, 8)), "b": NS(values=np.arange(8) - 4, shape=(8,)),
+             **{k: NS(values=np.asarray(v), shape=np.asarray(v).shape) for k, v in consts.items()}}
+        mm = NS(name="matmul_0", op="matmul", inputs=["x", "w", "b"], outputs=["acc"], onnx_name=None,
+                attrs={"a_type": {"bits": 4, "signed": False}, "w_type": {"bits": 4, "signed": True}})
+        if stage_op == "requant":
+            st = NS(name="rq", op="requant", inputs=["acc", "M", "sh"], outputs=["y"],
+                    attrs={"out_type": {"bits": out_bits, "signed": True}})
+        else:
+            st = NS(name="th", op="threshold", inputs=["acc", "T"], outputs=["y"],
+                    attrs={"out_bias": -(1 << (out_bits - 1))})
+        return NS(ops=[mm, st], tensors=t, constants=c)
+
+    M = np.full(8, 40000)
+    m = map_ir(ir_with("requant", 6, {"M": M, "sh": np.full(8, 20)}))
+    L = m.layers[0].layer
+    assert (L.out_stage, L.out_bits, L.m_bits, L.bias_bits, L.NT) == ("requant", 6, 16, 3, 0)  # bias -4..3
+    m = map_ir(ir_with("requant", 4, {"M": M, "sh": np.full(8, 20)}))
+    assert (m.layers[0].layer.out_stage, m.layers[0].layer.NT) == ("threshold", 15)
+    lo, hi = ref.acc_range(16, ref.IntType(4, False), ref.IntType(4, True))
+    yt = ref.IntType(8, True)
+    T = np.concatenate([_thresholds_of(lambda a: ref.requant(a + 3, 3, 2, yt), lo, hi, 255, -128)] * 8)
+    m = map_ir(ir_with("threshold", 8, {"T": T + (np.arange(8) - 4)[:, None]}))  # acc + b >= T
+    assert m.layers[0].layer.out_stage == "requant"
+    assert any("equal a requant exactly" in n for n in m.notes)
+    T2 = np.ceil(0.37 + np.arange(255) * 1.618).astype(np.int64)[None, :].repeat(8, axis=0)
+    m = map_ir(ir_with("threshold", 8, {"T": T2}))
+    assert m.layers[0].layer.out_stage == "threshold" and m.layers[0].layer.NT == 255

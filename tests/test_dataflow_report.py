@@ -124,14 +124,18 @@ def test_layers_from_mpcnn_hand_derived(mpcnn_file):
     assert got == want
     assert all(x.layer.WB == 8 and x.layer.mode == "lowbit" for x in m.layers)
     assert [x.stage for x in m.layers] == ["requant_0", "requant_2", "requant_3", "requant_4", "requant_5", None]
-    assert [x.layer.NT for x in m.layers] == [255] * 5 + [0]
+    # 8-bit requants (>= REQUANT_MIN_BITS): mvau.v's requant mode, no thresholds; M of the
+    # lowering's m = 24 dyadic multipliers, the conv's int32 bias
+    assert [x.layer.NT for x in m.layers] == [0] * 6
+    assert [x.layer.out_stage for x in m.layers] == ["requant"] * 5 + ["threshold"]
     # the residual branch's requant (of codes, not of an accumulator), the add, the pool, the
     # flatten and the host ops are not costed, and say so
     nm = {d["name"]: d for d in m.not_modelled}
     assert list(nm) == ["quantize_0", "requant_1", "add_0", "avgpool2d_0", "flatten_0", "dequantize_0"]
     assert nm["quantize_0"]["target"] == "host" and nm["add_0"]["target"] == "accel"
     assert "no MVAU" in nm["requant_1"]["reason"]
-    assert sum("2^8 - 1 = 255 thresholds" in n for n in m.notes) == 5
+    assert sum("mvau.v's requant output stage (8-bit" in n for n in m.notes) == 5
+    assert not any("2^8 - 1 = 255 thresholds" in n for n in m.notes)
     assert any(n.startswith("matmul_0: bias without a threshold stage") for n in m.notes)
     assert [l.name for l in layers_from_ir(lower(mpcnn_file))] == [w[0] for w in want]
 
@@ -267,8 +271,10 @@ def test_hand_built_edge_cases():
 def _layer_from_report(d: dict) -> D.Layer:
     w = d["window"]
     win = None if w is None else D.Window(w["k"], w["C"], w["ifm_h"], w["ifm_w"], w["stride"], w["pad"])
+    rq = d.get("out_stage") == "requant"
     return D.Layer(d["name"], d["MH"], d["MW"], d["vectors"], d["WB"], d["AB"], d["mode"], d["a_signed"],
-                   d["out_bits"], window=win)
+                   d["out_bits"], window=win, out_stage=d.get("out_stage") or "threshold",
+                   **({"m_bits": d["m_bits"], "bias_bits": d["bias_bits"]} if rq else {}))
 
 
 def test_mpcnn_report_estimates(mpcnn_builds):
@@ -290,14 +296,15 @@ def test_mpcnn_report_estimates(mpcnn_builds):
         # docs/dataflow.md: an MVAU is busy NF*SF*V cycles; its SWU reads H*W*ceil(C/SIMD) beats
         nfsf = -(-l["MH"] // pe) * -(-l["MW"] // simd)
         c = nfsf * l["vectors"]
+        depth = 7 if l["out_stage"] == "requant" else 5  # D_MVAU_RQ (requant mode) or D_MVAU
         if w:
             c = max(c, w["ifm_h"] * w["ifm_w"] * -(-w["C"] // simd))
-            fills.append(5 + ((w["k"] - 1) * (w["ifm_w"] + 2 * w["pad"]) + w["k"]) * -(-w["C"] // simd))
+            fills.append(depth + ((w["k"] - 1) * (w["ifm_w"] + 2 * w["pad"]) + w["k"]) * -(-w["C"] // simd))
         else:
-            fills.append(5)
+            fills.append(depth)
         assert l["cycles"] == c == int(D.layer_cycles(_layer_from_report(l), pe, simd))
         assert rep["cycles"]["per_layer"][l["name"]] == c
-        assert l["window_fill"] == fills[-1] - 5
+        assert l["window_fill"] == fills[-1] - depth
         cyc.append(c)
         per_vec.append(nfsf)
     ii, b = max(cyc), cyc.index(max(cyc))
@@ -329,7 +336,7 @@ def test_mpcnn_report_estimates(mpcnn_builds):
     assert df["calibration"]["summary"]["lut"]["of"] >= 1
     md = (out / "report.md").read_text()
     for s in ("Resources and performance (estimates)", "| conv2d_0", "| matmul_0 |", "Not modelled",
-              "avgpool2d_0", "costed as 2^8 - 1 = 255 thresholds", "MVAU calibration", "fps = clock / II"):
+              "avgpool2d_0", "mvau.v's requant output stage (8-bit", "MVAU calibration", "fps = clock / II"):
         assert s in md, s
 
 

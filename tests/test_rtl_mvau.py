@@ -15,6 +15,13 @@ signed, unsigned and bipolar activations; LUT and DSP products; 0 (raw accumulat
 both ends of its exact range (§2); thresholds equal to the accumulator (ties count),
 below and above the range; a bias folded into the thresholds; several vectors per run;
 random input gaps and output back-pressure.
+
+Requant output stage (mvau.v ``RQ = 1``, ``RQ_CONFIGS``): codes ``==``
+``ref.requant(acc + bias, M, sh, Y)`` of the reference accumulator with per-channel bias,
+multiplier and shift (extreme biases, M = 0 / 1 / 2^m - 1, shifts 0 and 62, both saturation
+ends required), signed and unsigned outputs of 2 and 4..8 bits, multipliers of 8..24 bits,
+biases of 6..32 bits (a 33-bit biased accumulator: requant.v's two-product path), cycles
+``==`` NF·SF·V + D_MVAU_RQ (7).
 """
 from __future__ import annotations
 
@@ -179,3 +186,152 @@ def test_mvau_bias_folded_into_thresholds(sim):
                      a_signed=False, sim=sim)
     assert np.array_equal(run.codes, ref.threshold(acc_b, T))
     assert run.cycles == run.expected_cycles == D.mvau_cycles(cfg.MH, cfg.MW, cfg.PE, cfg.SIMD, 3)
+
+
+# ---------------------------------------------------------------------------
+# Requant output stage (mvau.v RQ = 1): bias add + multiplier-shift requantizer
+# ---------------------------------------------------------------------------
+
+#: name -> (build configuration, vectors per problem). PE/SIMD folds (ragged and fully
+#: parallel), binary and low-bit, LUT and DSP products, signed and unsigned outputs of
+#: 4..8 bits (and 2), multipliers of 8..24 bits, biases of 6..32 bits (a 33-bit biased
+#: accumulator takes requant.v's two-product path).
+RQ_CONFIGS = {
+    "rq_w4a4u_s8": (M.MvauConfig(MH=8, MW=24, PE=2, SIMD=8, WB=4, AB=4, a_signed=False, NT=0, rq=True,
+                                 rq_bits=8, rq_signed=True, mbits=16, bias_bits=16), 3),
+    "rq_binary_u5": (M.MvauConfig(MH=10, MW=37, PE=4, SIMD=8, WB=1, AB=1, binary=True, NT=0, rq=True,
+                                  rq_bits=5, rq_signed=False, mbits=16, bias_bits=12), 4),
+    "rq_w8a8_dsp_s4_wide": (M.MvauConfig(MH=5, MW=9, PE=1, SIMD=1, WB=8, AB=8, restype=1, NT=0, rq=True,
+                                         rq_bits=4, rq_signed=True, mbits=24, bias_bits=32), 3),
+    "rq_w2a2_u7_parallel": (M.MvauConfig(MH=7, MW=20, PE=7, SIMD=20, WB=2, AB=2, NT=0, rq=True,
+                                         rq_bits=7, rq_signed=False, mbits=8, bias_bits=6), 3),
+    "rq_w1a3_s6": (M.MvauConfig(MH=6, MW=11, PE=3, SIMD=3, WB=1, AB=3, NT=0, rq=True,
+                                rq_bits=6, rq_signed=True, mbits=16, bias_bits=16), 3),
+    "rq_w4a1_s2": (M.MvauConfig(MH=4, MW=10, PE=4, SIMD=5, WB=4, AB=1, NT=0, rq=True,
+                                rq_bits=2, rq_signed=True, mbits=12, bias_bits=8), 3),
+}
+
+
+def _requant_params(rng, cfg: M.MvauConfig, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel (bias, M, shift): mostly a multiplier of mbits bits and a shift that maps
+    the biased accumulator range onto the output range (so codes spread and round); and
+    corners: the extreme biases, M = 0, 1 and 2^mbits - 1, shifts 0 and 62, and a shift
+    small enough that most outputs saturate at both ends."""
+    m, bb = cfg.mbits, cfg.bias_bits
+    blo, bhi = -(1 << (bb - 1)), (1 << (bb - 1)) - 1
+    lo, hi = cfg.acc_range
+    bias = rng.integers(max(blo, lo - hi), min(bhi, hi - lo) + 1, size=cfg.MH)
+    Mv = rng.integers(1 << (m - 1), 1 << m, size=cfg.MH) if m > 1 else np.ones(cfg.MH, dtype=np.int64)
+    span = max(1, hi - lo) + int(np.abs(bias).max())
+    base = max(0, int(span * Mv.max()).bit_length() - cfg.rq_bits)
+    sh = np.clip(base + rng.integers(-2, 3, size=cfg.MH), 0, 62)
+    for n in range(cfg.MH):
+        kind = n % 7
+        if kind == 1:
+            bias[n] = blo
+        elif kind == 2:
+            bias[n], Mv[n] = bhi, (1 << m) - 1
+        elif kind == 3:
+            Mv[n] = 0
+        elif kind == 4:
+            Mv[n], sh[n] = 1, 0
+        elif kind == 5:
+            sh[n] = 62
+        elif kind == 6:
+            sh[n] = max(0, base - cfg.rq_bits - 2)  # saturates at both ends
+    return bias.astype(np.int64), Mv.astype(np.int64), sh.astype(np.int64)
+
+
+def _rq_problem(rng, cfg: M.MvauConfig, V: int, corners: bool = True, **kw) -> dict:
+    prob = _problem(rng, cfg, V, corners=corners, **kw)
+    bias, Mv, sh = _requant_params(rng, cfg, _reference_acc(cfg, prob["x"], prob["w"]))
+    return {**prob, "T": None, "bias": bias, "M": Mv, "sh": sh}
+
+
+def _rq_want(cfg: M.MvauConfig, prob: dict) -> np.ndarray:
+    """The independent reference: requant (§3) of the reference accumulator with the bias
+    (matmul's bias, or the xnor-popcount plus the bias: §2 adds it to the accumulator)."""
+    acc = _reference_acc(cfg, prob["x"], prob["w"]) + prob["bias"][None, :]
+    return ref.requant(acc, prob["M"][None, :], prob["sh"][None, :], cfg.out_type, m=cfg.mbits)
+
+
+def test_requant_cycle_model_hand_derived():
+    """Requant mode: two stages deeper (R5 = acc + bias, R6 product, R7 code)."""
+    assert D.D_MVAU_RQ == 7
+    assert D.mvau_cycles(MH=10, MW=37, PE=4, SIMD=8, vectors=3, requant=True) == 3 * 5 * 3 + 7
+    assert D.mvau_cycles(MH=1, MW=1, PE=1, SIMD=1, vectors=7, requant=True) == 7 + 7
+
+
+def test_requant_config_and_write_errors():
+    with pytest.raises(ValueError, match="needs NT = 0"):
+        M.MvauConfig(MH=4, MW=8, PE=2, SIMD=2, NT=3, rq=True)
+    with pytest.raises(ValueError, match="rq_bits=1"):
+        M.MvauConfig(MH=4, MW=8, PE=2, SIMD=2, NT=0, rq=True, rq_bits=1)
+    cfg = M.MvauConfig(MH=4, MW=8, PE=2, SIMD=2, NT=0, rq=True, mbits=8, bias_bits=6)
+    with pytest.raises(ValueError, match="bias"):
+        M.requant_writes(cfg, [32, 0, 0, 0], [1] * 4, [0] * 4)
+    with pytest.raises(ValueError, match="M "):
+        M.requant_writes(cfg, [0] * 4, [256, 0, 0, 0], [0] * 4)
+    with pytest.raises(ValueError, match="shift"):
+        M.requant_writes(cfg, [0] * 4, [1] * 4, [63, 0, 0, 0])
+    # layout: idx 0 bias (two's complement in max(6, 8, 6) = 8 bits), 1 M, 2 shift; word nf of PE p
+    w = M.requant_writes(cfg, [-1, 2, 3, -32], [5, 6, 7, 8], [9, 10, 11, 12])
+    assert [-1 & 255, 2, 3, -32 & 255] == [v for p, i, a, v in sorted(w, key=lambda r: (r[1], r[2], r[0])) if i == 0]
+    assert [0, 1, 0, 5] in w and [1, 2, 1, 12] in w and [1, 1, 0, 6] in w  # channel 3 = fold 1, PE 1
+
+
+def test_requant_lint_clean():
+    """mvau.v + requant.v in requant mode pass `verilator --lint-only -Wall`."""
+    exe = rtl.verilator_path()
+    if exe is None:
+        pytest.fail(rtl.simulator_problem("verilator"))
+    env = {**os.environ, **rtl._verilator_env()}
+    sets = [c.parameters() for c, _ in RQ_CONFIGS.values()] + [
+        {**M.MvauConfig(MH=512, MW=4608, PE=8, SIMD=64, WB=1, AB=1, binary=True, NT=0, rq=True,
+                        acc_out=False).parameters()},
+    ]
+    for params in sets:
+        cmd = [str(exe), "--lint-only", "-Wall", "-Wno-DECLFILENAME", "--top-module", "mvau",
+               *[f"-G{k}={v}" for k, v in params.items()], *(str(rtl.RTL_DIR / s) for s in M.MVAU_SOURCES)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert out.returncode == 0 and "%Warning" not in out.stderr, f"{params}:\n{out.stderr}"
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("name", list(RQ_CONFIGS))
+def test_mvau_requant_matches_reference(sim, name):
+    """Requant mode: codes == reference.requant(acc + bias, M, sh, Y) (every channel has its
+    own bias, M and shift, corners included), accumulators == reference, cycles ==
+    NF·SF·V + D_MVAU_RQ without stalls; a run with input gaps and output back-pressure."""
+    cfg, V = RQ_CONFIGS[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    probs = [_rq_problem(rng, cfg, V), _rq_problem(rng, cfg, 1, corners=False),
+             _rq_problem(rng, cfg, V + 2, stall=0.3, seed=7)]
+    runs = M.run_mvaus(cfg, probs, sim=sim)
+    seen_sat = set()
+    for prob, run in zip(probs, runs):
+        assert np.array_equal(run.acc, _reference_acc(cfg, prob["x"], prob["w"]))
+        want = _rq_want(cfg, prob)
+        assert np.array_equal(run.codes, want), f"codes differ:\nrtl {run.codes}\nref {want}"
+        seen_sat |= {int(v) for v in np.unique(want) if v in (cfg.out_type.lo, cfg.out_type.hi)}
+        if prob.get("stall", 0) > 0:
+            assert run.cycles >= run.expected_cycles
+        else:
+            assert run.cycles == run.expected_cycles == D.mvau_cycles(cfg.MH, cfg.MW, cfg.PE, cfg.SIMD,
+                                                                     prob["x"].shape[0], requant=True)
+    assert seen_sat == {cfg.out_type.lo, cfg.out_type.hi}, "both saturation ends must be exercised"
+
+
+@pytest.mark.rtl
+def test_mvau_requant_layer_writes_once(sim):
+    """run_mvau_layer in requant mode: parameters written once, several streams."""
+    cfg, _ = RQ_CONFIGS["rq_w4a4u_s8"]
+    cfg = M.MvauConfig(**{**cfg.__dict__, "acc_out": False})
+    rng = np.random.default_rng(11)
+    prob = _rq_problem(rng, cfg, 2)
+    xs = [prob["x"], _codes(rng, cfg.a_type, (4, cfg.MW))]
+    runs = M.run_mvau_layer(cfg, prob["w"], None, xs, sim=sim, requant=(prob["bias"], prob["M"], prob["sh"]))
+    for x, run in zip(xs, runs):
+        assert np.array_equal(run.codes, _rq_want(cfg, {**prob, "x": x}))
+        assert run.cycles == run.expected_cycles == D.mvau_cycles(cfg.MH, cfg.MW, cfg.PE, cfg.SIMD, x.shape[0],
+                                                                 requant=True)

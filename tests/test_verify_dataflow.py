@@ -38,6 +38,7 @@ from codesign.sim import reference as ref
 pytest.importorskip("sklearn")
 
 D_MVAU = 5  # docs/dataflow.md §1: issue slot + R1..R5
+D_MVAU_RQ = 7  # requant mode: R5 = acc + bias, R6 product, R7 code (mvau.v header)
 
 
 def _build(root, model: str):
@@ -217,8 +218,8 @@ def test_write_dataflow_rtl(builds):
     d = builds["mpcnn"]
     cfg = json.loads((d / "rtl" / "dataflow.json").read_text())
     rep = json.loads((d / "report.json").read_text())["dataflow"]
-    assert cfg["top"] == "mvau" and cfg["sources"] == ["mvau.v"]
-    assert sorted(p.name for p in (d / "rtl").iterdir()) == ["dataflow.json", "mvau.v"]
+    assert cfg["top"] == "mvau" and cfg["sources"] == ["mvau.v", "requant.v"]
+    assert sorted(p.name for p in (d / "rtl").iterdir()) == ["dataflow.json", "mvau.v", "requant.v"]
     assert (d / "rtl" / "mvau.v").read_bytes() == (rtl.RTL_DIR / "mvau.v").read_bytes()
     assert [l["name"] for l in cfg["layers"]] == [f["name"] for f in rep["folding"]]
     for l, f in zip(cfg["layers"], rep["folding"]):
@@ -231,6 +232,8 @@ def test_write_dataflow_rtl(builds):
     assert by["conv2d_0"]["parameters"]["NT"] == 255 and by["conv2d_0"]["parameters"]["A_SIGNED"] == 1
     assert by["matmul_0"]["parameters"]["NT"] == 0 and by["matmul_0"]["output_stage"] is None
     assert by["conv2d_2"]["parameters"]["WB"] == 3 and by["conv2d_2"]["parameters"]["A_SIGNED"] == 0
+    # the trained model's BatchNorm thresholds are no exact requant: threshold mode, no RQ parameters
+    assert all(l["out_stage"] == "threshold" and "RQ" not in l["parameters"] for l in cfg["layers"])
 
 
 #: bnn (zoo, Bi-Real on 1x8x8): the binary 3x3 pad-1 convs, (input channels, output pixels); the
@@ -416,9 +419,10 @@ def _relowered(src, d):
 
 @pytest.mark.rtl
 def test_bnn_requant_stage_on_encoded_layer(builds, tmp_path):
-    """bnn lowered without threshold_all: conv2d_3 (binary, stride 2, pad 1) ends in a uint8
-    requant; on the two-lane layer (MW = 2·16·9 = 288) it runs as 255 thresholds found by
-    bisection on the IR's accumulator range, doubled: codes == reference, cycles == model."""
+    """bnn lowered without threshold_all: conv2d_3 (binary, stride 2, pad 1) ends in an int8
+    requant (the stage's residual quantizer); on the two-lane layer (MW = 2·16·9 = 288) it runs in mvau.v's requant mode with
+    doubled bias and shift + 1 (the MVAU accumulates 2·acc): codes == reference, cycles ==
+    NF·SF·V + D_MVAU_RQ."""
     from codesign.accel import report as rp
     from codesign.accel.boards import get_board
 
@@ -430,18 +434,22 @@ def test_bnn_requant_stage_on_encoded_layer(builds, tmp_path):
     vf.write_dataflow_rtl(d / "rtl", df, ir)
     e = next(l for l in json.loads((d / "rtl" / "dataflow.json").read_text())["layers"] if l["name"] == "conv2d_3")
     assert e["ops"][-1].startswith("requant_") and (e["MW"], e["encoding"]) == (288, "two-lanes-per-tap")
+    assert e["out_stage"] == "requant" and e["parameters"]["RQ"] == 1 and e["parameters"]["NT"] == 0
+    assert (e["parameters"]["RQ_BITS"], e["parameters"]["RQ_SIGNED"]) == (8, 1)
     rep = vf.verify(d, rtl=True, rtl_cases=1, rtl_layers=["conv2d_3"])
     r = _rows(rep)["conv2d_3"]
     assert r.status == "pass", r.detail
-    assert "requant as 255 thresholds/channel" in r.detail and "two lanes per tap" in r.detail
-    cyc = -(-e["MH"] // e["PE"]) * -(-288 // e["SIMD"]) * 16 + D_MVAU  # 4x4 output pixels
+    assert "requant on mvau.v's requant mode (8-bit int" in r.detail and "two lanes per tap" in r.detail
+    assert "doubled bias and shift + 1" in r.detail
+    cyc = -(-e["MH"] // e["PE"]) * -(-288 // e["SIMD"]) * 16 + D_MVAU_RQ  # 4x4 output pixels
     assert f"{cyc} cycles per case" in r.detail
 
 
 @pytest.mark.rtl
-def test_requant_stage_runs_as_thresholds(builds, tmp_path):
+def test_requant_stage_runs_in_requant_mode(builds, tmp_path):
     """mpcnn lowered without threshold_all: conv2d_3's output stage is a per-channel requant
-    (requant_4, uint8), run on mvau.v as 255 thresholds derived by bisection."""
+    (requant_4, uint8, with the conv's bias), run in mvau.v's requant mode; a requant of
+    fewer than REQUANT_MIN_BITS bits would still run as thresholds (bisection)."""
     from codesign.accel import report as rp
     from codesign.accel.boards import get_board
     from codesign.accel.lower import lower
@@ -463,9 +471,17 @@ def test_requant_stage_runs_as_thresholds(builds, tmp_path):
     cfg = json.loads((d / "rtl" / "dataflow.json").read_text())
     e = next(l for l in cfg["layers"] if l["name"] == "conv2d_3")
     assert e["ops"] == ["conv2d_3", "transpose_4", "requant_4"] and e["parameters"]["OUT_BIAS"] == 0
+    assert e["out_stage"] == "requant" and e["parameters"]["RQ"] == 1 and e["parameters"]["RQ_SIGNED"] == 0
     rep = vf.verify(d, rtl=True, rtl_cases=1, rtl_layers=["conv2d_3"])
     r = _rows(rep)["conv2d_3"]
     assert r.status == "pass", r.detail
-    assert "requant_4: requant as 255 thresholds/channel" in r.detail
+    assert "requant_4: requant on mvau.v's requant mode (8-bit uint" in r.detail
     lay = next(l for l in df["dataflow"]["layers"] if l["name"] == "conv2d_3")
-    assert int(re.search(r"(\d+) cycles per case", r.detail).group(1)) == _expected_cycles(lay)
+    assert int(re.search(r"(\d+) cycles per case", r.detail).group(1)) == _expected_cycles(lay) - D_MVAU + D_MVAU_RQ
+    # a dataflow.json whose requant widths are too narrow for the IR's parameters fails
+    p = d / "rtl" / "dataflow.json"
+    bad = json.loads(p.read_text())
+    next(l for l in bad["layers"] if l["name"] == "conv2d_3")["m_bits"] = 2
+    p.write_text(json.dumps(bad))
+    r = _rows(vf.verify(d, rtl=True, rtl_cases=1, rtl_layers=["conv2d_3"]))["conv2d_3"]
+    assert r.status == "FAIL" and "requant mode needs" in r.detail, r.detail

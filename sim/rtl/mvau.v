@@ -18,6 +18,13 @@
 //            (OB = clog2(NT + 1) bits, two's complement when OUT_BIAS < 0;
 //             a bipolar output is its count y in {0, 1}, i.e. its bit b)
 //   NT = 0:  code = acc (OB = ACC_W bits, two's complement): no activation.
+//   RQ = 1 (NT = 0): per-channel bias add and multiplier-shift requantizer (§3):
+//            code = sat_Y(rshr((acc + B[n]) * M[n], SH[n]))       (sim/rtl/requant.v)
+//            Y = int RQ_BITS (RQ_SIGNED = 1) or uint RQ_BITS (RQ_SIGNED = 0, a fused
+//            ReLU), OB = RQ_BITS (2..16); B[n] signed BIAS_W bits, M[n] unsigned MBITS
+//            bits, SH[n] in 0..62. This is codesign.sim.reference.requant of the
+//            reference's matmul/conv2d accumulator with bias, acc + B[n] (§2: the bias is
+//            part of the accumulator), so requant(matmul(x, W^T, B), M, SH, Y) is exact.
 // ACC_W is the exact accumulator width of §2 for MW products (acc_range, no bias);
 // thresholds are TW = ACC_W + 1 bits signed (§8: clipping T to [lo_acc, hi_acc + 1]
 // leaves every comparison unchanged, and that range fits ACC_W + 1 bits).
@@ -41,6 +48,11 @@
 //   thresholds  one memory per (PE, threshold t), NF words of TW bits:
 //               word nf of memory (p, t) holds T[nf*PE + p][t], ascending in t.
 //               Port t_we / t_pe / t_idx / t_addr / t_data.
+//   requant     (RQ = 1) three memories per PE, NF words each, through the same port:
+//               t_idx = 0: bias B (BIAS_W bits, two's complement), 1: multiplier M
+//               (MBITS bits), 2: shift SH (6 bits); word nf of PE p holds channel
+//               nf*PE + p's value in the low bits of t_data (TDW = max(BIAS_W, MBITS, 6)
+//               bits in this mode, TW bits otherwise; t_idx is 2 bits in this mode).
 //
 // Input reuse: the NF folds of one vector need the same SF beats; fold 0 takes them from
 // s (and stores them in an SF-deep input buffer), folds 1..NF-1 replay the buffer, so
@@ -57,6 +69,12 @@
 //     NF * SF * V + D_MVAU cycles,   D_MVAU = 5
 // (one issue slot per cycle; the last slot's operands are registered in R1 at its edge,
 // then R2, R3, R4, R5 one edge each, and the sink takes the beat at the next edge).
+// Requant mode (RQ = 1) replaces R5 by three stages: R5 = acc + B (B read at R3's fold
+// into R4 beside the accumulator, as the thresholds; M and SH read at R4's fold into R5),
+// R6 = requant.v's product register,
+// R7 = requant.v's rounded, saturated code (the output register). So
+//     NF * SF * V + D_MVAU_RQ cycles,   D_MVAU_RQ = 7   (d_mvau reports 7).
+// Threshold and raw modes are unchanged by RQ (RQ = 0 builds none of these stages).
 //
 // Products: RESTYPE = 0 builds each product in LUTs as a shift-and-add over the weight
 // bits (no '*' for Yosys to map to a DSP48E2); RESTYPE = 1 writes a '*' (Yosys/Vivado
@@ -76,6 +94,11 @@ module mvau #(
     parameter integer NT       = 1,   // thresholds per channel; 0: output the accumulator
     parameter integer OUT_BIAS = 0,   // added to the threshold count
     parameter integer ACC_OUT  = 0,   // 1: drive m_tacc with the accumulators
+    parameter integer RQ       = 0,   // 1: bias + multiplier-shift requant output (NT = 0)
+    parameter integer RQ_BITS  = 8,   // RQ: output code bits (2..16)
+    parameter integer RQ_SIGNED = 1,  // RQ: output int (1) or uint (0, fused ReLU)
+    parameter integer MBITS    = 16,  // RQ: multiplier bits (unsigned, 1..24)
+    parameter integer BIAS_W   = 16,  // RQ: bias bits (signed, 2..32)
     // ---- derived (do not override)
     localparam integer NF     = (MH + PE - 1) / PE,
     localparam integer SF     = (MW + SIMD - 1) / SIMD,
@@ -84,10 +107,12 @@ module mvau #(
     localparam integer NFA    = (NF <= 2) ? 1 : $clog2(NF),
     localparam integer SFA    = (SF <= 2) ? 1 : $clog2(SF),
     localparam integer PEA    = (PE <= 2) ? 1 : $clog2(PE),
-    localparam integer NTA    = (NT <= 2) ? 1 : $clog2(NT),
+    localparam integer NTA    = (RQ != 0) ? 2 : ((NT <= 2) ? 1 : $clog2(NT)),
     localparam integer ACC_W  = range_bits(MW),
     localparam integer TW     = ACC_W + 1,
-    localparam integer OB     = (NT == 0) ? ACC_W : $clog2(NT + 1)
+    localparam integer TDW    = (RQ == 0) ? TW
+                              : ((BIAS_W >= MBITS && BIAS_W >= 6) ? BIAS_W : (MBITS >= 6 ? MBITS : 6)),
+    localparam integer OB     = (RQ != 0) ? RQ_BITS : ((NT == 0) ? ACC_W : $clog2(NT + 1))
 ) (
     input  wire                  clk,
     input  wire                  rst,          // synchronous, active high
@@ -102,7 +127,7 @@ module mvau #(
     input  wire [PEA-1:0]        t_pe,
     input  wire [NTA-1:0]        t_idx,
     input  wire [NFA-1:0]        t_addr,
-    input  wire [TW-1:0]         t_data,       // signed
+    input  wire [TDW-1:0]        t_data,       // signed (RQ: see the header)
     /* verilator lint_on UNUSEDSIGNAL */
     // activation stream
     input  wire                  s_tvalid,
@@ -159,7 +184,9 @@ module mvau #(
     localparam integer POP_W = $clog2(MW + 1);                   // a row's popcount
     localparam integer LAST_LANES = MW - (SF - 1) * SIMD;        // valid lanes of beat SF-1
     localparam integer XW     = (PW > SUM_W) ? PW : SUM_W;        // beat sum, internal
-    localparam integer D_MVAU = 5;
+    localparam integer D_MVAU = (RQ != 0) ? 7 : 5;
+    // RQ: the biased accumulator's width (holds every acc + B: ACC_W- and BIAS_W-bit terms)
+    localparam integer SUMB_W = ((ACC_W > BIAS_W) ? ACC_W : BIAS_W) + 1;
     /* verilator lint_off WIDTHTRUNC */  // sized copies of integer constants
     localparam [CNT_W-1:0] CNT_ONE = 1;
     localparam [OB-1:0]    OB_ONE  = 1;
@@ -174,6 +201,10 @@ module mvau #(
             || (BINARY != 0 && (WB != 1 || AB != 1 || A_SIGNED == 0))
             || NT < 0 || NT > 255 || MW * 16384 > 1073741824 || (RESTYPE != 0 && RESTYPE != 1)) begin : g_bad
             mvau_requires_PE_le_MH_SIMD_le_MW_bits_1_to_8_BINARY_bipolar_NT_0_to_255_MW_le_65536 u_error ();
+        end
+        if (RQ != 0 && (NT != 0 || RQ_BITS < 2 || RQ_BITS > 16 || MBITS < 1 || MBITS > 24
+                        || BIAS_W < 2 || BIAS_W > 32)) begin : g_bad_rq
+            mvau_RQ_requires_NT_0_RQ_BITS_2_to_16_MBITS_1_to_24_BIAS_W_2_to_32 u_error ();
         end
     endgenerate
 
@@ -254,22 +285,47 @@ module mvau #(
         end
     endgenerate
 
-    // R4/R5 control
+    // R4/R5 control (RQ: R4/R5/R6/R7)
     reg r4_v;
     reg [NFA-1:0] r4_nf;
-    always @(posedge clk) begin
-        if (rst) begin
-            r4_v <= 1'b0;
-            m_tvalid <= 1'b0;
-        end else if (ce) begin
-            r4_v <= r3_v & r3_last;
-            m_tvalid <= r4_v;
+    generate
+        if (RQ == 0) begin : g_ctl_thr
+            always @(posedge clk) begin
+                if (rst) begin
+                    r4_v <= 1'b0;
+                    m_tvalid <= 1'b0;
+                end else if (ce) begin
+                    r4_v <= r3_v & r3_last;
+                    m_tvalid <= r4_v;
+                end
+                if (ce) begin
+                    r4_nf <= r3_nf;
+                    m_tlast <= (r4_nf == NF_LAST);
+                end
+            end
+        end else begin : g_ctl_rq
+            reg r5_v, r6_v, r5_last, r6_last;
+            always @(posedge clk) begin
+                if (rst) begin
+                    r4_v <= 1'b0;
+                    r5_v <= 1'b0;
+                    r6_v <= 1'b0;
+                    m_tvalid <= 1'b0;
+                end else if (ce) begin
+                    r4_v <= r3_v & r3_last;
+                    r5_v <= r4_v;
+                    r6_v <= r5_v;
+                    m_tvalid <= r6_v;
+                end
+                if (ce) begin
+                    r4_nf <= r3_nf;
+                    r5_last <= (r4_nf == NF_LAST);
+                    r6_last <= r5_last;
+                    m_tlast <= r6_last;
+                end
+            end
         end
-        if (ce) begin
-            r4_nf <= r3_nf;
-            m_tlast <= (r4_nf == NF_LAST);
-        end
-    end
+    endgenerate
 
     // ------------------------------------------------------------ PEs
     genvar p, t;
@@ -367,7 +423,38 @@ module mvau #(
 
             // thresholds: one memory per threshold index, read at R3's fold
             reg [OB-1:0] code;
-            if (NT > 0) begin : g_thr
+            if (RQ != 0) begin : g_rq
+                // bias, multiplier and shift memories (t_idx 0, 1, 2); bias read at R3's
+                // fold (aligned with R4's accumulator), M and SH at R4's (aligned with R5)
+                reg [BIAS_W-1:0] bmem [0:NF-1];
+                reg [MBITS-1:0]  mmem [0:NF-1];
+                reg [5:0]        smem [0:NF-1];
+                reg [BIAS_W-1:0] r4_bias;
+                reg [MBITS-1:0]  r5_m;
+                reg [5:0]        r5_sh;
+                always @(posedge clk) begin
+                    if (t_we && t_pe == p && t_idx == 2'd0) bmem[t_addr] <= t_data[BIAS_W-1:0];
+                    if (t_we && t_pe == p && t_idx == 2'd1) mmem[t_addr] <= t_data[MBITS-1:0];
+                    if (t_we && t_pe == p && t_idx == 2'd2) smem[t_addr] <= t_data[5:0];
+                    if (ce) begin
+                        r4_bias <= bmem[r3_nf];
+                        r5_m    <= mmem[r4_nf];
+                        r5_sh   <= smem[r4_nf];
+                    end
+                end
+                // R5: acc + B, exact in SUMB_W bits
+                reg signed [SUMB_W-1:0] r5_sum;
+                always @(posedge clk) if (ce)
+                    r5_sum <= $signed({{(SUMB_W-ACC_W){acc_now[ACC_W-1]}}, acc_now})
+                              + $signed({{(SUMB_W-BIAS_W){r4_bias[BIAS_W-1]}}, r4_bias});
+                // R6 (product), R7 (code): the engine's requantizer (docs/arithmetic.md §3)
+                wire [OB-1:0] rq_y;
+                wire rq_signed = (RQ_SIGNED != 0);
+                requant #(.ACC_BITS(SUMB_W), .MBITS(MBITS), .OUT_BITS(OB)) u_rq (
+                    .clk(clk), .ce(ce), .y_signed(rq_signed), .acc(r5_sum), .mult(r5_m), .shift(r5_sh),
+                    .y(rq_y));
+                always @(*) code = rq_y;
+            end else if (NT > 0) begin : g_thr
                 reg [TW*NT-1:0] r4_thr;
                 for (t = 0; t < NT; t = t + 1) begin : g_t
                     reg [TW-1:0] tmem [0:NF-1];
@@ -389,11 +476,23 @@ module mvau #(
                 always @(*) code = acc_now;
             end
 
-            reg [OB-1:0] r5_code;
-            always @(posedge clk) if (ce) r5_code <= code;
-            assign m_tdata[OB*p +: OB] = r5_code;
+            if (RQ != 0) begin : g_out_rq  // requant.v's y is the output register (R7)
+                assign m_tdata[OB*p +: OB] = code;
+            end else begin : g_out
+                reg [OB-1:0] r5_code;
+                always @(posedge clk) if (ce) r5_code <= code;
+                assign m_tdata[OB*p +: OB] = r5_code;
+            end
 
-            if (ACC_OUT != 0) begin : g_acc_out
+            if (ACC_OUT != 0 && RQ != 0) begin : g_acc_out_rq  // aligned with R7
+                reg [ACC_W-1:0] r5_acc, r6_acc, r7_acc;
+                always @(posedge clk) if (ce) begin
+                    r5_acc <= acc_now;
+                    r6_acc <= r5_acc;
+                    r7_acc <= r6_acc;
+                end
+                assign m_tacc[ACC_W*p +: ACC_W] = r7_acc;
+            end else if (ACC_OUT != 0) begin : g_acc_out
                 reg [ACC_W-1:0] r5_acc;
                 always @(posedge clk) if (ce) r5_acc <= acc_now;
                 assign m_tacc[ACC_W*p +: ACC_W] = r5_acc;
