@@ -51,7 +51,8 @@ from codesign.accel.engine import Res, bram18_count, ceil_div, lutram_luts
 
 __all__ = [
     "D_MVAU", "D_MVAU_RQ", "D_POOL", "D_POOL_AVG", "POOL_MODES", "pool_depth", "pool_widths", "OUT_STAGES", "mvau_depth", "MODES", "RES_TYPES", "COEFFS", "coefficients", "Window", "Pool", "Layer", "LayerCost",
-    "DataflowEstimate", "SearchResult", "mvau_cycles", "mvau_stream_cycles", "swu_read_cycles",
+    "DataflowEstimate", "SearchResult", "Sparse", "mvau_cycles", "mvau_stream_cycles", "swu_read_cycles",
+    "sparse_stream_cycles", "sparse_fill_cycles",
     "window_fill_cycles", "layer_cycles", "dataflow_cycles", "widths", "mult_on_dsp", "memory",
     "mvau_resources", "swu_resources", "layer_resources", "evaluate", "candidates", "search",
     "pool_stream_cycles", "pool_cycles", "pool_fill_cycles", "pool_resources",
@@ -241,6 +242,29 @@ class Pool:
 
 
 @dataclass(frozen=True)
+class Sparse:
+    """Block sparsity of a layer's weight matrix (docs/pruning.md; the block-CSR of
+    ``codesign.hls.sparse.pack_sparse``): ``pe`` x ``simd`` blocks, of which ``nb`` are
+    stored (hold a non-zero weight) and ``ne`` row groups store none. The block shape is
+    the folding, so a sparse layer has the one candidate ``(PE, SIMD) = (pe, simd)``; the
+    block-sparse MVAU (``sim/rtl/mvau_sparse.v``, ``hls/include/codesign/sparse.h``) walks
+    ``slots = nb + ne`` blocks per vector (an empty row group costs one bias-only slot)."""
+
+    pe: int
+    simd: int
+    nb: int
+    ne: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.pe, self.simd) < 1 or self.nb < 0 or self.ne < 0:
+            raise ValueError(f"Sparse: need pe, simd >= 1 and nb, ne >= 0, got {self}")
+
+    @property
+    def slots(self) -> int:
+        return self.nb + self.ne
+
+
+@dataclass(frozen=True)
 class Layer:
     """One MVAU layer: an ``MH x MW`` matrix applied to ``vectors`` input vectors per
     inference (output pixels; 1 for a fully connected layer). ``WB``/``AB``: weight and
@@ -255,7 +279,10 @@ class Layer:
     for no bound; ``out_stage``: "threshold" (above) or "requant" — per-channel bias add
     and multiplier-shift requantizer (mvau.v ``RQ = 1``): ``out_bits`` (2..16) output
     bits, ``m_bits`` (1..24) multiplier bits, ``bias_bits`` (2..32) signed bias bits; then
-    ``NT = 0`` and the pipeline is ``D_MVAU_RQ`` deep."""
+    ``NT = 0`` and the pipeline is ``D_MVAU_RQ`` deep; ``sparse``: the layer's weight is
+    block-sparse (:class:`Sparse`) and runs on the block-sparse MVAU at the block shape's
+    folding (:func:`layer_cycles`, :func:`mvau_resources`; mvau_sparse.v implements the
+    threshold and raw-accumulator stages, a requant stage is costed as on mvau.v)."""
 
     name: str
     MH: int
@@ -273,9 +300,15 @@ class Layer:
     out_stage: str = "threshold"
     m_bits: int = 16
     bias_bits: int = 16
+    sparse: Sparse | None = None
 
     def __post_init__(self) -> None:
         where = f"layer {self.name!r}"
+        sp = self.sparse
+        if sp is not None:
+            nf, sf = ceil_div(self.MH, sp.pe), ceil_div(self.MW, sp.simd)
+            if sp.pe > self.MH or sp.simd > self.MW or sp.nb > nf * sf or sp.ne > nf:
+                raise ValueError(f"{where}: sparse blocks {sp} do not fit {nf} x {sf} blocks of {sp.pe} x {sp.simd}")
         if min(self.MH, self.MW, self.vectors) < 1:
             raise ValueError(f"{where}: MH={self.MH}, MW={self.MW}, vectors={self.vectors} must be >= 1")
         if not (1 <= self.WB <= 8 and 1 <= self.AB <= 8):
@@ -338,6 +371,27 @@ def mvau_cycles(MH, MW, PE, SIMD, vectors, requant: bool = False):
     ``ceil(MH/PE)·ceil(MW/SIMD)·vectors + D_MVAU`` (exact for mvau.v); with the requant
     output stage (``requant``) ``+ D_MVAU_RQ`` instead."""
     return mvau_stream_cycles(MH, MW, PE, SIMD, vectors) + (D_MVAU_RQ if requant else D_MVAU)
+
+
+def sparse_stream_cycles(layer: Layer, PE, SIMD) -> int:
+    """Cycles the block-sparse MVAU is busy per inference: ``V·max(SF, nb + ne)``, one
+    stored block (or empty row group) per cycle, but never faster than the input stream's
+    ``SF`` beats per vector (sim/rtl/mvau_sparse.v's header; its whole run takes this plus
+    :func:`sparse_fill_cycles`, ``min(SF, nb + ne) + D_MVAU``). ``(PE, SIMD)`` must be
+    the block shape."""
+    sp = layer.sparse
+    if (PE, SIMD) != (sp.pe, sp.simd):
+        raise ValueError(f"layer {layer.name!r}: a block-sparse layer is folded as its blocks, PE={sp.pe}, "
+                         f"SIMD={sp.simd}; got PE={PE}, SIMD={SIMD}")
+    return layer.vectors * max(ceil_div(layer.MW, SIMD), sp.slots)
+
+
+def sparse_fill_cycles(layer: Layer, SIMD) -> int:
+    """The block-sparse MVAU's cycles beyond its stream: the first vector's input beats
+    that overlap no block walk, ``min(SF, nb + ne)`` (0 for a dense layer)."""
+    if layer.sparse is None:
+        return 0
+    return min(ceil_div(layer.MW, SIMD), layer.sparse.slots)
 
 
 def mvau_depth(layer: Layer) -> int:
@@ -407,8 +461,10 @@ def layer_cycles(layer: Layer, PE, SIMD):
     """Cycles per inference of one layer: the MVAU's ``NF·SF·V``, or the SWU's input read
     when that is longer (stride > 1 reads more pixels than it produces), or the pool
     unit's slots (:func:`pool_stream_cycles` with ``P = PE``) when that is longer (its
-    padding slots)."""
-    c = mvau_stream_cycles(layer.MH, layer.MW, PE, SIMD, layer.vectors)
+    padding slots). A block-sparse layer streams ``V·max(SF, slots)`` cycles
+    (:func:`sparse_stream_cycles`) instead of ``NF·SF·V``."""
+    c = (sparse_stream_cycles(layer, PE, SIMD) if layer.sparse is not None
+         else mvau_stream_cycles(layer.MH, layer.MW, PE, SIMD, layer.vectors))
     if layer.window is not None:
         c = np.maximum(c, swu_read_cycles(layer.window, SIMD))
     if layer.pool is not None:
@@ -427,7 +483,8 @@ def dataflow_cycles(layers: Sequence[Layer], folding: Sequence[tuple[int, int]])
       ``ii + Σ_l (D_l + window_fill_l) + Σ_{l ≠ bottleneck} NF_l·SF_l``: the bottleneck
       streams for ``ii`` cycles; every layer adds its pipeline depth ``D_l``
       (:func:`mvau_depth`: ``D_MVAU``, or ``D_MVAU_RQ`` with a requant stage), its SWU's fill and
-      its pool unit's fill (:func:`pool_fill_cycles`),
+      its pool unit's fill (:func:`pool_fill_cycles`), a block-sparse layer's
+      :func:`sparse_fill_cycles`,
       and every other layer one vector's processing (it must still process the last
       vector it receives). Exact for one layer without a window (= :func:`mvau_cycles`);
       for a chain it assumes each layer starts as soon as its first vector is complete;
@@ -438,9 +495,10 @@ def dataflow_cycles(layers: Sequence[Layer], folding: Sequence[tuple[int, int]])
     cyc = [int(layer_cycles(l, pe, simd)) for l, (pe, simd) in zip(layers, folding)]
     ii = max(cyc)
     b = cyc.index(ii)
-    fills = [mvau_depth(l) + window_fill_cycles(l.window, simd) + pool_fill_cycles(l.pool, pe)
-             for l, (pe, simd) in zip(layers, folding)]
-    vec = [ceil_div(l.MH, pe) * ceil_div(l.MW, simd) for l, (pe, simd) in zip(layers, folding)]
+    fills = [mvau_depth(l) + sparse_fill_cycles(l, simd) + window_fill_cycles(l.window, simd)
+             + pool_fill_cycles(l.pool, pe) for l, (pe, simd) in zip(layers, folding)]
+    vec = [max(ceil_div(l.MW, simd), l.sparse.slots) if l.sparse is not None
+           else ceil_div(l.MH, pe) * ceil_div(l.MW, simd) for l, (pe, simd) in zip(layers, folding)]
     latency = ii + sum(fills) + sum(v for i, v in enumerate(vec) if i != b)
     return {"layer_cycles": cyc, "ii": ii, "bottleneck": b, "latency": int(latency),
             "latency_bound": int(sum(cyc) + sum(fills))}
@@ -518,7 +576,12 @@ def mvau_resources(layer: Layer, PE: int, SIMD: int, coeffs: Mapping[str, float]
     the test port is not counted). ``parts``: the components by name instead of the sum.
     A threshold stage costs ``PE·NT`` threshold memories and comparators; a requant stage
     (``layer.out_stage == "requant"``) ``PE`` requantizers (requant.v, 1 or 2 DSP48E2s
-    each) and ``3·PE`` parameter memories (bias, multiplier, shift) of ``NF`` words."""
+    each) and ``3·PE`` parameter memories (bias, multiplier, shift) of ``NF`` words. A
+    block-sparse layer (``layer.sparse``, mvau_sparse.v) stores ``nb`` blocks per PE
+    memory, a column index per block and ``NF + 1`` row pointers, and double-buffers its
+    input (``2·SF`` words); its datapath is the dense one's. mvau_sparse.v has no Yosys
+    calibration row: these memory counts follow its header, the LUT coefficients are the
+    dense unit's."""
     c = COEFFS if coeffs is None else coeffs
     w = widths(layer, SIMD)
     NF, SF = ceil_div(layer.MH, PE), ceil_div(layer.MW, SIMD)
@@ -527,8 +590,15 @@ def mvau_resources(layer: Layer, PE: int, SIMD: int, coeffs: Mapping[str, float]
     dsp = mult_on_dsp(layer)
     out: dict[str, Res] = {}
     # memories: weights (one per PE), input buffer (replays, NF > 1), thresholds (PE x NT)
-    out["weights"] = memory(NF * SF, SIMD * layer.WB, c) * PE
-    out["input_buffer"] = memory(SF, SIMD * layer.AB, c) if NF > 1 else Res()
+    sp = layer.sparse
+    if sp is None:
+        out["weights"] = memory(NF * SF, SIMD * layer.WB, c) * PE
+        out["input_buffer"] = memory(SF, SIMD * layer.AB, c) if NF > 1 else Res()
+    else:  # mvau_sparse.v: the stored blocks, their column indices and row pointers, a 2-bank input buffer
+        nb = max(sp.nb, 1)
+        out["weights"] = memory(nb, SIMD * layer.WB, c) * PE
+        out["sparse_index"] = memory(nb, _clog2(SF), c) + memory(NF + 1, _clog2(nb + 1), c)
+        out["input_buffer"] = memory(2 * SF, SIMD * layer.AB, c)
     out["thresholds"] = memory(NF, TW, c) * (PE * NT)
     # requant stage: per PE the bias, multiplier and shift memories (NF words each)
     rq = layer.requant
@@ -761,7 +831,10 @@ def _divisors(n: int) -> list[int]:
 
 def candidates(layer: Layer) -> list[tuple[int, int]]:
     """The foldings the search tries: ``PE | MH`` (and ``PE <= pe_max``) and ``SIMD | MW``
-    (``SIMD | C`` under a window: the SWU emits whole SIMD-channel groups)."""
+    (``SIMD | C`` under a window: the SWU emits whole SIMD-channel groups); a block-sparse
+    layer has one, its block shape."""
+    if layer.sparse is not None:
+        return [(layer.sparse.pe, layer.sparse.simd)]
     simds = _divisors(layer.window.C) if layer.window is not None else _divisors(layer.MW)
     pes = [pe for pe in _divisors(layer.MH) if layer.pe_max is None or pe <= layer.pe_max]
     return [(pe, s) for pe in pes for s in simds]

@@ -106,7 +106,7 @@ from typing import Any
 
 import numpy as np
 
-from codesign.accel.dataflow import Layer, Pool, Window
+from codesign.accel.dataflow import Layer, Pool, Sparse, Window
 
 __all__ = ["MappedLayer", "DataflowMapping", "map_ir", "layers_from_ir", "two_lanes_per_tap", "LAYER_OPS",
            "STAGE_OPS", "POOL_OPS", "REQUANT_MIN_BITS", "REQUANT_MAX_BITS", "RQ_MAX_MBITS", "threshold_requant",
@@ -606,6 +606,22 @@ def _layer(g: _Graph, op, notes: list[str]) -> tuple[dict, str | None]:
                 WB=1, AB=1, a_signed=True, mode="binary"), op.outputs[0]
 
 
+def _sparse_blocks(g: _Graph, op, notes: list[str]) -> Sparse:
+    """The block sparsity of an op that ``mark_sparse`` marked (``attrs["sparse"]``): its
+    constant weight in pruning's ``[OC, K]`` view (matmul ``w.T``, conv2d
+    ``w.reshape(OC, -1)``), packed as the emitter packs it (``hls.sparse.pack_sparse``)."""
+    from codesign.hls.sparse import pack_sparse
+
+    sp = op.attrs["sparse"]
+    w = np.asarray(g.ir.constants[op.inputs[1]].values)
+    mat = w.T if op.op == "matmul" else w.reshape(w.shape[0], -1)
+    pk = pack_sparse(mat, int(sp["pe"]), int(sp["simd"]))
+    notes.append(f"{op.name}: block-sparse, {pk.nb} of {pk.row_groups * pk.col_groups} blocks of "
+                 f"{pk.pe} x {pk.simd} stored ({pk.empty_row_groups} empty row groups): folded as its blocks, "
+                 f"max(SF, {pk.nb + pk.empty_row_groups}) cycles per vector (mvau_sparse.v)")
+    return Sparse(pe=pk.pe, simd=pk.simd, nb=pk.nb, ne=pk.empty_row_groups)
+
+
 def _reason(op, wide: dict[str, str]) -> str:
     if op.name in wide:
         return wide[op.name]
@@ -692,6 +708,8 @@ def map_ir(ir) -> DataflowMapping:
             if stage is None and len(op.inputs) > 2 and op.inputs[2] in ir.constants:
                 notes.append(f"{op.name}: bias without a threshold stage: the bias add is not costed "
                              "(mvau.v folds biases into thresholds)")
+            if "sparse" in op.attrs:
+                kw["sparse"] = _sparse_blocks(g, op, notes)
             layer = Layer(**kw, **rq) if rq is not None else Layer(**kw, out_bits=ob)
         except ValueError as e:
             out.not_modelled.append({"name": op.name, "op": op.op, "target": getattr(op, "target", "accel"),

@@ -336,3 +336,12 @@ def test_latency_model_checked_against_rtl(sim):
     assert round(holed["model"]) == holed["trips"] - LAT_V * holed["ne"]
     assert ib["rtl"] == ib["rtl_model"] == LAT_V * ib["input_bound_sf"] + ib["nb"] + S.D_MVAU_SPARSE
     assert ib["csim_trips"] == ib["trips"] == LAT_V * ib["nb"] == round(ib["model"])
+    # the dataflow cost model's block-sparse layer (codesign.accel.dataflow.Sparse): its
+    # stream + fill + pipeline depth == the RTL's cycles at every point, input-bound included
+    for p, (MH, PE) in [(q, (LAT_CFG.MH, LAT_CFG.PE)) for q in alcs + [holed]] + [(ib, (4, 4))]:
+        L = D.Layer("lat", MH, LAT_CFG.MW, LAT_V, WB=4, AB=4, mode="lowbit", a_signed=False, out_bits=0,
+                    sparse=D.Sparse(PE, LAT_CFG.SIMD, p["nb"], p["ne"]))
+        model = (D.sparse_stream_cycles(L, PE, LAT_CFG.SIMD) + D.sparse_fill_cycles(L, LAT_CFG.SIMD)
+                 + D.mvau_depth(L))
+        assert model == p["rtl"], (p, model)
+        assert D.dataflow_cycles([L], [(PE, LAT_CFG.SIMD)])["latency"] == p["rtl"]

@@ -461,3 +461,31 @@ def test_emit_sparse_equals_dense(tmp_path):
     ec, em = int((~Wc.any(axis=1)).sum()), int((~Wm.any(axis=1)).sum())
     assert ec == 2 and em == 0
     assert trips["dense"] - trips["sparse_1x1"] == cases * (pix_c * (zc - ec) + pix_m * (zm - em))
+
+
+def test_dataflow_model_of_marked_ir():
+    """``map_ir`` of a ``mark_sparse``d IR: each pruned layer carries its blocks (counted by
+    this file's own loop), the search folds it as its blocks, and its cycles are
+    ``V·max(SF, nb + ne)`` (mvau_sparse.v; the HLS kernel's trips are ``V·(nb + ne)``)."""
+    from codesign.accel import dataflow as D
+    from codesign.accel.dataflow_ir import map_ir
+    from codesign.accel.passes import mark_sparse
+
+    ir, (wc, pe, simd, pix_c), (wm, _, _, pix_m) = _pruned_ir()
+    dense = {m.op: m.layer for m in map_ir(ir).layers}
+    mapped = {m.op: m.layer for m in map_ir(mark_sparse(ir, pe, simd)).layers}
+    assert set(mapped) == {"conv2d_0", "matmul_0"} and all(L.sparse is None for L in dense.values())
+    for name, m, pix in (("conv2d_0", wc.reshape(wc.shape[0], -1), pix_c), ("matmul_0", wm.T, pix_m)):
+        L = mapped[name]
+        nb, ne = _count_blocks(m, pe, simd)
+        assert (L.sparse.pe, L.sparse.simd, L.sparse.nb, L.sparse.ne) == (pe, simd, nb, ne)
+        assert D.candidates(L) == [(pe, simd)]
+        SF = -(-m.shape[1] // simd)
+        assert int(D.layer_cycles(L, pe, simd)) == pix * max(SF, nb + ne)
+        assert int(D.layer_cycles(L, pe, simd)) < int(D.layer_cycles(dense[name], pe, simd))
+        with pytest.raises(ValueError, match="folded as its blocks"):
+            D.layer_cycles(L, 1, 1)
+        r_s, r_d = D.mvau_resources(L, pe, simd, parts=True), D.mvau_resources(dense[name], pe, simd, parts=True)
+        assert r_s["weights"].bram18 + r_s["weights"].lut <= r_d["weights"].bram18 + r_d["weights"].lut
+    res = D.search([mapped["conv2d_0"], mapped["matmul_0"]], "zcu102")
+    assert res.folding == [(pe, simd), (pe, simd)]
