@@ -81,16 +81,21 @@ Mapping (per image: the IR's batch axis 0 is never counted):
   In threshold mode a bias is folded into the thresholds (docs/dataflow.md §1), in requant
   mode it is the requantizer's bias; without a stage the bias add is not costed (a note
   says so).
-* ``maxpool2d``: a pool unit (``sim/rtl/pool.v``, :class:`~codesign.accel.dataflow.Pool`)
+* ``maxpool2d`` and ``avgpool2d``: a pool unit (:class:`~codesign.accel.dataflow.Pool`;
+  ``maxpool2d``: ``sim/rtl/pool.v``, ``mode="max"``; ``avgpool2d``: ``sim/rtl/avgpool.v``,
+  ``mode="avg"`` with ``out_bits`` = the bits of its ``out_type`` and ``in_signed`` = the
+  signedness of its ``in_type``, its ``M`` and shift being avgpool.v's runtime inputs)
   attached to the layer whose output codes it pools (``Layer.pool``; it takes the MVAU's
   ``PE`` lanes per beat, so the folding search costs it with each candidate ``PE``), found
   by following the pool's input back through single-consumer structural ops to a layer's
-  output stage. Needs a square window, equal strides, one symmetric pad, a layer with
-  thresholds (codes of 1..8 bits, not a raw accumulator) that feeds only this pool, and
-  ``C = MH``, ``H·W = vectors``; otherwise the pool stays in ``not_modelled`` with the
-  reason. :func:`layers_from_ir` returns the layers **without** their pools (as before
-  pools were costed); :func:`map_ir`'s ``layers`` carry them.
-* Everything else — average pools, ``add``, ``softmax``, ``layernorm``, ``lut``, the structural
+  output stage. Needs a square window (so a global average pool of a non-square map is not
+  modelled: avgpool.v's window is square), equal strides, one symmetric pad, a layer with
+  an output stage (threshold or requant mode, codes of 1..8 bits, not a raw accumulator)
+  that feeds only this pool, and ``C = MH``, ``H·W = vectors`` (an average pool also an
+  ``M`` below ``2^24`` and a shift of 0..62); otherwise the pool stays in ``not_modelled``
+  with the reason. :func:`layers_from_ir` returns the layers **without** their pools (as
+  before pools were costed); :func:`map_ir`'s ``layers`` carry them.
+* Everything else — ``add``, ``softmax``, ``layernorm``, ``lut``, the structural
   ops (``transpose``, ``reshape``, …), requants and thresholds that do not follow a layer,
   and the host's ``quantize``/``dequantize`` — is listed in ``not_modelled`` with its name
   and a reason; its cost is not estimated. A layer whose widths mvau.v cannot hold (e.g. an
@@ -116,8 +121,8 @@ __all__ = ["MappedLayer", "DataflowMapping", "map_ir", "layers_from_ir", "two_la
 LAYER_OPS = ("conv2d", "matmul", "xnor_popcount")
 #: IR ops that become a layer's output stage (its thresholds).
 STAGE_OPS = ("threshold", "requant")
-#: IR ops that become a pool unit attached to a layer.
-POOL_OPS = ("maxpool2d",)
+#: IR ops that become a pool unit attached to a layer (pool.v max, avgpool.v average).
+POOL_OPS = ("maxpool2d", "avgpool2d")
 #: Ops followed from an accumulator to its output stage (they move codes only).
 _PASS_OPS = ("transpose", "reshape", "flatten", "identity")
 #: mvau.v's largest threshold count per channel (``NT <= 255``, 8-bit outputs).
@@ -344,9 +349,10 @@ class MappedLayer:
                 "window": None if w is None else {"k": w.k, "C": w.C, "ifm_h": w.ifm_h, "ifm_w": w.ifm_w,
                                                   "stride": w.stride, "pad": w.pad,
                                                   "line_buffer": w.buffer_elems},
-                "pool": None if l.pool is None else {"op": self.pool, "k": l.pool.k, "stride": l.pool.stride,
-                                                     "pad": l.pool.pad, "C": l.pool.C, "ifm_h": l.pool.ifm_h,
-                                                     "ifm_w": l.pool.ifm_w, "bits": l.pool.bits}}
+                "pool": None if l.pool is None else {"op": self.pool, "mode": l.pool.mode, "k": l.pool.k,
+                                                     "stride": l.pool.stride, "pad": l.pool.pad, "C": l.pool.C,
+                                                     "ifm_h": l.pool.ifm_h, "ifm_w": l.pool.ifm_w,
+                                                     "bits": l.pool.bits, "out_bits": l.pool.ob}}
 
 
 @dataclass
@@ -635,40 +641,52 @@ def _reason(op, wide: dict[str, str]) -> str:
 
 
 def _attach_pool(g: _Graph, op, out: DataflowMapping, used: dict[str, str]) -> str | None:
-    """Attach maxpool ``op`` to the layer whose output it pools (module docstring); returns
-    None on success, else the one-line reason it is not modelled."""
+    """Attach pool ``op`` (``maxpool2d``: pool.v, ``Pool(mode="max")``; ``avgpool2d``:
+    avgpool.v, ``Pool(mode="avg", out_bits=<out_type bits>, in_signed=<in_type signed>)``) to
+    the layer whose output codes it pools (module docstring); returns None on success, else
+    the one-line reason it is not modelled (prefixed by the op kind)."""
     producer = {t: o for o in g.ir.ops for t in o.outputs}
     t = op.inputs[0]
+    unit = "avgpool.v" if op.op == "avgpool2d" else "pool.v"
     while True:
         src = producer.get(t)
         if src is None:
-            return "maxpool2d of a graph input: no layer to attach the pool unit to"
+            return f"{op.op} of a graph input: no layer to attach the pool unit to"
         if len(g.consumers.get(t, [])) != 1:
-            return f"maxpool2d input {t} has several consumers: the pool unit takes a layer's only output stream"
+            return f"{op.op} input {t} has several consumers: the pool unit takes a layer's only output stream"
         if src.name in used:
             break
         if src.op in _PASS_OPS and len(src.outputs) == 1:
             t = src.inputs[0]
             continue
-        return f"maxpool2d fed by {src.op} {src.name}, not by a conv2d/matmul layer's output stage"
+        return f"{op.op} fed by {src.op} {src.name}, not by a conv2d/matmul layer's output stage"
     idx = next(i for i, m in enumerate(out.layers) if m.op == used[src.name])
     m = out.layers[idx]
     L = m.layer
     if m.stage is None or src.name != m.stage or L.out_bits == 0:
-        return f"maxpool2d of {m.op}'s accumulators: the pool unit takes codes of 1..8 bits (a threshold stage)"
+        return f"{op.op} of {m.op}'s accumulators: the pool unit takes codes of 1..8 bits (a threshold stage)"
     if L.pool is not None:
         return f"{m.op} already feeds pool {m.pool}"
     k = [int(v) for v in op.attrs.get("kernel", [])]
     st = [int(v) for v in op.attrs.get("stride", k)]
     pd = [int(v) for v in op.attrs.get("pad", [0, 0])]
+    if op.op == "avgpool2d" and len(k) == 2 and k[0] != k[1]:
+        return f"{op.op} kernel {k} (e.g. global pooling of a non-square map): avgpool.v's window is square"
     if len(k) != 2 or k[0] != k[1] or st[0] != st[1] or pd[0] != pd[1]:
-        return f"maxpool2d kernel {k}, stride {st}, pad {pd}: pool.v takes a square window, equal strides, one pad"
+        return f"{op.op} kernel {k}, stride {st}, pad {pd}: {unit} takes a square window, equal strides, one pad"
     xs = g.shape(op.inputs[0])
     if len(xs) != 4:
-        return f"maxpool2d input shape {xs}: expected NCHW"
+        return f"{op.op} input shape {xs}: expected NCHW"
     _, C, H, W = (int(v) for v in xs)
+    kw: dict[str, Any] = {}
+    if op.op == "avgpool2d":
+        M, sh = int(op.attrs["M"]), int(op.attrs["sh"])
+        if not (0 <= M < 1 << 24 and 0 <= sh <= 62):
+            return f"{op.op} M={M}, sh={sh}: avgpool.v takes a 24-bit unsigned M and a shift of 0..62"
+        kw = dict(mode="avg", out_bits=_code_type(op.attrs.get("out_type"), f"op '{op.name}' out_type").bits,
+                  in_signed=_code_type(op.attrs.get("in_type"), f"op '{op.name}' in_type").signed)
     try:
-        pool = Pool(op.name, C=C, ifm_h=H, ifm_w=W, k=k[0], stride=st[0], pad=pd[0], bits=L.out_bits)
+        pool = Pool(op.name, C=C, ifm_h=H, ifm_w=W, k=k[0], stride=st[0], pad=pd[0], bits=L.out_bits, **kw)
         layer = replace(L, pool=pool)
     except ValueError as e:
         return str(e).splitlines()[0]

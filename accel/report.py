@@ -33,8 +33,8 @@ from codesign.accel.boards import Board
 # with the folding plan that the emit step and this report share
 from codesign.accel.folding import DATAFLOW_LIMIT
 
-__all__ = ["make_report", "write", "weight_summary", "dataflow_estimates", "emitted_summary", "uses_dataflow",
-           "PUBLISHED_FQBERT", "PENDING", "RESOURCE_KEYS", "DATAFLOW_LABEL", "DATAFLOW_LIMIT"]
+__all__ = ["make_report", "write", "weight_summary", "dataflow_estimates", "mvau_stage_label", "emitted_summary",
+           "uses_dataflow", "PUBLISHED_FQBERT", "PENDING", "RESOURCE_KEYS", "DATAFLOW_LABEL", "DATAFLOW_LIMIT"]
 
 PENDING = "pending engine issue"
 RESOURCE_KEYS = ("lut", "ff", "dsp", "bram18", "uram")
@@ -345,6 +345,28 @@ def _boundary_bytes(ir) -> tuple[int, int]:
     return sum(nbytes(t) for t in sorted(ins)), sum(nbytes(t) for t in sorted(outs))
 
 
+def mvau_stage_label(mapped, ir) -> str:
+    """The output stage mvau.v builds for a mapped layer (:class:`codesign.accel.dataflow_ir.MappedLayer`),
+    as report.json's ``dataflow.layers[].mvau_stage``: ``"thr N"`` (``N = NT`` thresholds per
+    channel), ``"rq Bs"`` / ``"rq Bu"`` (the requant mode, ``B``-bit signed / unsigned codes:
+    the IR requant's ``out_type``, or for a threshold stage converted to requant the sign of
+    its ``out_bias``, as ``dataflow_ir.requant_stage_params`` derives ``Y``) or ``"acc"`` (no
+    stage: the raw accumulator)."""
+    L = mapped.layer
+    if L.requant:
+        stage = next((o for o in ir.ops if o.name == mapped.stage), None)
+        if stage is None:
+            raise ValueError(f"mvau_stage_label: {mapped.op}'s requant stage {mapped.stage!r} is not an op of the IR")
+        if stage.op == "requant":
+            from codesign.accel.ir import CodeType
+
+            signed = CodeType.from_json(stage.attrs["out_type"], f"op '{stage.name}' out_type").signed
+        else:
+            signed = int(stage.attrs.get("out_bias", 0)) < 0
+        return f"rq {L.out_bits}{'s' if signed else 'u'}"
+    return f"thr {L.NT}" if L.NT else "acc"
+
+
 def dataflow_estimates(ir, board: Board, clock_mhz: float, limit: float = DATAFLOW_LIMIT,
                        plan=None) -> dict[str, Any]:
     """The report keys filled by the CNN dataflow cost model for ``ir`` on ``board`` at
@@ -374,7 +396,8 @@ def dataflow_estimates(ir, board: Board, clock_mhz: float, limit: float = DATAFL
     m = plan.mapping
     layers = plan.layers
     base = {"estimate": DATAFLOW_LABEL, "limit": limit, "clock_mhz": float(clock_mhz),
-            "layers": [x.as_dict() for x in m.layers], "not_modelled": copy.deepcopy(m.not_modelled),
+            "layers": [{**x.as_dict(), "mvau_stage": mvau_stage_label(x, ir)} for x in m.layers],
+            "not_modelled": copy.deepcopy(m.not_modelled),
             "notes": list(m.notes)}
     if plan.target_fps is not None:
         base["target_fps"] = plan.target_fps
@@ -570,15 +593,18 @@ def _dataflow_markdown(doc: dict[str, Any]) -> list[str]:
                   f"scale {p['dynamic_scale']:g}).", ""]
     lines += [f"Per layer (cycles per image; II = the slowest layer; FINN's no-overlap latency bound "
               f"{c['latency_bound']:,} cycles):", "",
-              "| layer | op | MH | MW | vectors | W/A bits | mode | NT | PE | SIMD | cycles | LUT | FF | DSP "
-              "| BRAM18 |", "|---|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| layer | op | MH | MW | vectors | W/A bits | mode | out stage | PE | SIMD | cycles | LUT | FF | DSP "
+              "| BRAM18 |", "|---|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for l in df["layers"]:
         r = l["resources"]
         mark = " (bottleneck)" if l["name"] == c["bottleneck"] else ""
         win = f" {l['window']['k']}x{l['window']['k']}/s{l['window']['stride']}" if l["window"] else ""
         stage = f" + {l['output_stage']}" if l["output_stage"] else ""
+        pl = l.get("pool")
+        if pl:
+            stage += f" + {pl['op']} ({pl.get('mode', 'max')} {pl['k']}x{pl['k']}/s{pl['stride']})"
         lines.append(f"| {l['name']}{mark} | {l['op']}{win}{stage} | {l['MH']:,} | {l['MW']:,} | {l['vectors']:,} | "
-                     f"{l['WB']}/{l['AB']}{'' if l['a_signed'] else 'u'} | {l['mode']} | {l['NT']} | {l['PE']} | "
+                     f"{l['WB']}/{l['AB']}{'' if l['a_signed'] else 'u'} | {l['mode']} | {_stage_cell(l)} | {l['PE']} | "
                      f"{l['SIMD']} | {l['cycles']:,} | {r['lut']:,} | {r['ff']:,} | {r['dsp']:,} | {r['bram18']:,} |")
     lines.append("")
     lines += _emitted_markdown(df)
@@ -592,6 +618,17 @@ def _dataflow_markdown(doc: dict[str, Any]) -> list[str]:
                   ", ".join(f"{k} {v['within']}/{v['of']} ({v['min']:.2f}-{v['max']:.2f})"
                             for k, v in cal["summary"].items()) + ".", ""]
     return lines
+
+
+def _stage_cell(l: dict[str, Any]) -> str:
+    """The per-layer table's output-stage cell: report.json's ``mvau_stage``; for reports
+    written before that key, ``thr NT`` or ``acc`` from ``NT`` (a requant-mode layer of such a
+    report shows ``rq`` and its bits, without the sign)."""
+    if "mvau_stage" in l:
+        return l["mvau_stage"]
+    if l.get("out_stage") == "requant":
+        return f"rq {l['out_bits']}"
+    return f"thr {l['NT']}" if l["NT"] else "acc"
 
 
 def _emitted_markdown(df: dict[str, Any]) -> list[str]:

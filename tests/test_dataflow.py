@@ -116,55 +116,63 @@ def test_resources_monotone():
     assert r2.lut + 100 * r2.bram18 > r1.lut + 100 * r1.bram18
 
 
-#: mvau.v parameter sets of the requant output stage (RQ = 1) in the MVAU calibration
-#: (accel/dataflow_calibration.json "configs", rows whose params have RQ = 1): binary with
-#: RAMB18 weights, unsigned 4-bit and 2-bit activations, DSP products with a 25-bit biased
-#: accumulator (two requant DSPs), a 24-bit multiplier; 5, 6 and 8 output bits.
-RQ_CALIBRATION: dict[str, dict[str, int]] = {
-    "binary 64x576 PE4 SIMD32 RQ8s (BRAM)": dict(MH=64, MW=576, PE=4, SIMD=32, WB=1, AB=1, BINARY=1, NT=0, RQ=1,
-                                                 RQ_BITS=8, RQ_SIGNED=1, MBITS=16, BIAS_W=16),
-    "w4a4u 32x64 PE4 SIMD8 RQ8u": dict(MH=32, MW=64, PE=4, SIMD=8, WB=4, AB=4, A_SIGNED=0, NT=0, RQ=1, RQ_BITS=8,
-                                       RQ_SIGNED=0, MBITS=16, BIAS_W=16),
-    "w8a8 dsp 16x64 PE2 SIMD8 RQ8s b24": dict(MH=16, MW=64, PE=2, SIMD=8, WB=8, AB=8, RESTYPE=1, NT=0, RQ=1,
-                                              RQ_BITS=8, RQ_SIGNED=1, MBITS=16, BIAS_W=24),
-    "w2a2 32x64 PE4 SIMD16 RQ5u b12": dict(MH=32, MW=64, PE=4, SIMD=16, WB=2, AB=2, NT=0, RQ=1, RQ_BITS=5,
-                                           RQ_SIGNED=0, MBITS=16, BIAS_W=12),
-    "binary 64x64 PE8 SIMD32 RQ6s m24": dict(MH=64, MW=64, PE=8, SIMD=32, WB=1, AB=1, BINARY=1, NT=0, RQ=1,
-                                             RQ_BITS=6, RQ_SIGNED=1, MBITS=24, BIAS_W=16),
-}
-
-
-def rq_layer_of(p) -> D.Layer:
-    """The cost model's layer for requant-mode mvau.v parameters ``p``."""
-    binary = p.get("BINARY", 0) == 1
-    return D.Layer("mvau", p["MH"], p["MW"], 1, p["WB"], p["AB"], "binary" if binary else "lowbit",
-                   bool(p.get("A_SIGNED", 1)), out_bits=p["RQ_BITS"],
-                   res_type="auto" if binary else ("dsp" if p.get("RESTYPE", 0) else "lut"),
-                   out_stage="requant", m_bits=p["MBITS"], bias_bits=p["BIAS_W"])
-
-
-def rq_model_counts(p) -> dict[str, int]:
-    r = D.mvau_resources(rq_layer_of(p), p["PE"], p["SIMD"]).rounded()
-    return {k: int(r[k]) for k in ("lut", "ff", "dsp", "bram18")}
-
-
 def test_calibration_file_matches_model():
-    """accel/dataflow_calibration.json (bench/dataflow_crosscheck.py --write, plus the
-    requant-mode rows of RQ_CALIBRATION): every ratio within 25 %, and the model columns
-    equal the current model (rerun --write after a model change)."""
+    """accel/dataflow_calibration.json (bench/dataflow_crosscheck.py --write): the MVAU rows
+    are exactly the bench's CONFIGS (threshold, then requant RQ_CALIBRATION), the pool rows
+    its POOL_CONFIGS (max, then avg), every ratio within 25 %, the model columns equal the
+    current model and the coefficients block equals COEFFS (rerun --write after a model
+    change)."""
     from codesign.bench import dataflow_crosscheck as X
+    from codesign.bench.dataflow_crosscheck import RQ_CALIBRATION, rq_model_counts
 
     doc = json.loads(X.CALIBRATION_PATH.read_text())
+    assert doc["coefficients"] == D.COEFFS and doc["threshold"] == X.THRESHOLD
     thr_rows = [r for r in doc["configs"] if not r["params"].get("RQ")]
     rq_rows = [r for r in doc["configs"] if r["params"].get("RQ")]
-    assert len(thr_rows) == len(X.CONFIGS) >= 5
-    assert {r["id"] for r in rq_rows} == set(RQ_CALIBRATION)
+    assert [r["id"] for r in thr_rows] == list(X.THRESHOLD_CONFIGS) and len(thr_rows) >= 5
+    assert [r["id"] for r in rq_rows] == list(RQ_CALIBRATION) and len(rq_rows) >= 5
+    assert [r["id"] for r in doc["configs"]] == list(X.CONFIGS)
+    assert [r["id"] for r in doc["pool_configs"]] == list(X.POOL_CONFIGS)
+    assert sum(r["id"].startswith("avg ") for r in doc["pool_configs"]) == len(X.AVG_POOL_CONFIGS) >= 5
     for row in doc["configs"]:
+        assert row["params"] == dict(sorted(X.CONFIGS[row["id"]].items())), row["id"]
         want = rq_model_counts(row["params"]) if row["params"].get("RQ") else X.model_counts(row["params"])
         assert row["model"] == want, row["id"]
+    for row in doc["pool_configs"]:
+        assert row["params"] == dict(sorted(X.POOL_CONFIGS[row["id"]].items())), row["id"]
+        assert row["model"] == X.pool_model_counts(row["params"]), row["id"]
+    for row in doc["configs"] + doc["pool_configs"]:
         for k in X.KEYS:
             y, m = row["yosys"][k], row["model"][k]
             assert (y == m == 0) or abs(m / y - 1) <= X.THRESHOLD, (row["id"], k, m, y)
+
+
+def test_bench_maps_requant_and_avg_configs():
+    """The bench's parameter -> model mapping, hand-checked: RQ = 1 is the requant stage
+    (NT = 0, out_bits = RQ_BITS, m_bits = MBITS, bias_bits = BIAS_W, D_MVAU_RQ deep) synthesised
+    with requant.v; a pool with OB is avgpool.v (mode "avg", out_bits = OB, in_signed = SIGNED),
+    one without is pool.v's max pool; rq_model_counts refuses threshold parameters."""
+    from codesign.bench import dataflow_crosscheck as X
+
+    p = X.RQ_CALIBRATION["w2a2 32x64 PE4 SIMD16 RQ5u b12"]
+    L = X.layer_of(p)
+    assert (L.out_stage, L.NT, L.out_bits, L.m_bits, L.bias_bits, L.mode, L.res_type) == \
+        ("requant", 0, 5, 16, 12, "lowbit", "lut")
+    assert D.mvau_depth(L) == 7 and X.mvau_sources(p) == ["mvau.v", "requant.v"]
+    t = X.layer_of(X.THRESHOLD_CONFIGS["w4a4u 32x64 PE4 SIMD8 NT15"])
+    assert (t.out_stage, t.NT, t.out_bits, t.a_signed) == ("threshold", 15, 4, False)
+    assert X.mvau_sources(X.THRESHOLD_CONFIGS["w4a4u 32x64 PE4 SIMD8 NT15"]) == ["mvau.v"]
+    with pytest.raises(ValueError, match="NT = 0"):
+        X.layer_of({**p, "NT": 3})
+    with pytest.raises(ValueError, match="RQ = 1"):
+        X.rq_model_counts(X.THRESHOLD_CONFIGS["w2a2 32x64 PE4 SIMD16 NT3"])
+    pl, P = X.pool_of(X.AVG_POOL_CONFIGS["avg global 4x4 C32 P8 bipolar->i4"])
+    assert (pl.mode, pl.k, pl.ifm_h, pl.bits, pl.ob, pl.in_signed, P) == ("avg", 4, 4, 1, 4, True, 8)
+    assert X.pool_sources(X.AVG_POOL_CONFIGS["avg global 4x4 C32 P8 bipolar->i4"]) == \
+        ("avgpool", ["requant.v", "avgpool.v"])
+    mx, _ = X.pool_of(X.MAX_POOL_CONFIGS["pool 2x2/2 C64 P8 bipolar 16x16"])
+    assert (mx.mode, mx.ob) == ("max", 1) and X.pool_sources(X.MAX_POOL_CONFIGS["pool 2x2/2 C64 P8 bipolar 16x16"]) \
+        == ("pool", ["pool.v"])
 
 
 @pytest.mark.skipif(shutil.which("yosys") is None, reason="yosys not installed")
@@ -184,7 +192,7 @@ def test_calibration_yosys_fresh_requant():
 
     doc = json.loads((Path(D.__file__).resolve().parent / "dataflow_calibration.json").read_text())
     row = next(r for r in doc["configs"] if r["id"] == "w2a2 32x64 PE4 SIMD16 RQ5u b12")
-    c = synth("mvau", ["mvau.v", "requant.v"], row["params"])
+    c = synth("mvau", ["mvau.v", "requant.v"], row["params"])  # independent of the bench's mvau_sources
     assert {"lut": c.lut, "ff": c.ff, "dsp": c.dsp, "bram18": c.bram18, "carry": c.carry} == row["yosys"]
 
 
@@ -429,3 +437,85 @@ def test_map_ir_requant_rule():
     T2 = np.ceil(0.37 + np.arange(255) * 1.618).astype(np.int64)[None, :].repeat(8, axis=0)
     m = map_ir(ir_with("threshold", 8, {"T": T2}))
     assert m.layers[0].layer.out_stage == "threshold" and m.layers[0].layer.NT == 255
+
+
+# ---------------------------------------------------------------------------
+# IR average pools -> avgpool.v units attached to their layer (accel/dataflow_ir.py)
+# ---------------------------------------------------------------------------
+
+def _avgpool_ir(kernel=(3, 3), stride=(1, 1), pad=(1, 1), hw=(8, 8), stage="threshold", M=3, sh=5):
+    """int8 4x8x8 -> conv2d 1x1 (16 OC, int4 weights) -> [threshold: 3 thresholds -> uint2 |
+    none] -> avgpool2d(kernel, stride, pad) to int4 (hand-built, not run)."""
+    from codesign.accel import ir as irm
+
+    i8, u2, i4 = irm.CodeType(8, True), irm.CodeType(2, False), irm.CodeType(4, True)
+    sc = irm.Scale.scalar(1.0)
+    H, W = hw
+    tensors = {"x": irm.Tensor((1, 4, H, W), "code", type=i8, scale=sc),
+               "a0": irm.Tensor((1, 16, H, W), "acc", acc_bits=16, scale=sc)}
+    consts = {"w0": irm.Constant(i4, np.ones((16, 4, 1, 1)))}
+    ops = [irm.Op("conv2d_0", "conv2d", ["x", "w0"], ["a0"], dict(
+        stride=[1, 1], pad=[0, 0, 0, 0], dilation=[1, 1], groups=1, x_type=i8.to_json(), w_type=i4.to_json(),
+        acc_bits=16))]
+    src, in_t = "a0", u2
+    if stage == "threshold":
+        consts["t0"] = irm.Constant(irm.CodeType(17), np.tile(np.arange(3), (16, 1)))
+        tensors["y0"] = irm.Tensor((1, 16, H, W), "code", type=u2, scale=sc)
+        ops.append(irm.Op("threshold_0", "threshold", ["a0", "t0"], ["y0"], dict(out_bias=0, bipolar=False)))
+        src = "y0"
+    OH = (H + 2 * pad[0] - kernel[0]) // stride[0] + 1
+    OW = (W + 2 * pad[1] - kernel[1]) // stride[1] + 1
+    tensors["p0"] = irm.Tensor((1, 16, OH, OW), "code", type=i4, scale=sc)
+    ops.append(irm.Op("avgpool2d_0", "avgpool2d", [src], ["p0"], dict(
+        kernel=list(kernel), stride=list(stride), pad=list(pad), M=M, sh=sh, in_type=in_t.to_json(),
+        out_type=i4.to_json())))
+    return irm.IR("t", [], [], tensors, consts, ops)
+
+
+def test_ir_avgpool_costed_as_avgpool_unit():
+    """map_ir attaches an avgpool2d fed by a thresholded conv to that layer as
+    Pool(mode="avg") with the IR's out_type bits and in_type signedness; cycles and latency
+    hand-derived: the 1x1 conv at PE 16, SIMD 4 is NF·SF·V = 1·1·64 = 64 cycles, the 3x3/1
+    pad-1 pool walks (8 + 2)·(8 + 2)·ceil(16/16) = 100 slots (the bottleneck); latency =
+    II 100 + D_MVAU 5 + the 1x1 window's fill 1 + the pool's fill ((3-1-1)·10 + 1 + 1)·1 +
+    D_POOL_AVG 4 = 16 -> 122."""
+    from codesign.accel.dataflow_ir import layers_from_ir, map_ir
+
+    ir = _avgpool_ir()
+    m = map_ir(ir)
+    (ml,) = m.layers
+    assert ml.pool == "avgpool2d_0" and "avgpool2d_0" not in {d["name"] for d in m.not_modelled}
+    pool = D.Pool("avgpool2d_0", C=16, ifm_h=8, ifm_w=8, k=3, stride=1, pad=1, bits=2, mode="avg", out_bits=4,
+                  in_signed=False)
+    assert ml.layer.pool == pool
+    assert ml.as_dict()["pool"] == {"op": "avgpool2d_0", "mode": "avg", "k": 3, "stride": 1, "pad": 1, "C": 16,
+                                    "ifm_h": 8, "ifm_w": 8, "bits": 2, "out_bits": 4}
+    L = ml.layer
+    assert int(D.layer_cycles(L, 16, 4)) == 100
+    # PE = 1: the MVAU's 16 folds of 64 vectors (1024) against the pool's 100 slots x 16 channel groups
+    assert int(D.layer_cycles(L, 1, 4)) == max(16 * 64, 100 * 16) == 1600
+    c = D.dataflow_cycles([L], [(16, 4)])
+    assert (c["ii"], c["latency"]) == (100, 122)
+    (plain,) = layers_from_ir(ir)
+    assert plain.pool is None
+    r = D.layer_resources(L, 16, 4)
+    assert r == D.layer_resources(plain, 16, 4) + D.pool_resources(pool, 16) and r.dsp >= 16  # a requant.v per lane
+
+
+def test_ir_avgpool_not_modelled_reasons():
+    """Average pools avgpool.v cannot take stay in not_modelled with a one-line reason naming
+    the op kind: a global pool of a non-square map (kernel 8x4), unequal strides, a pool of
+    the raw accumulator, and an M wider than avgpool.v's 24 bits."""
+    from codesign.accel.dataflow_ir import map_ir
+
+    def why(**kw):
+        m = map_ir(_avgpool_ir(**kw))
+        assert all(x.layer.pool is None for x in m.layers)
+        return {d["name"]: d["reason"] for d in m.not_modelled}["avgpool2d_0"]
+
+    assert why(kernel=(8, 4), stride=(1, 1), pad=(0, 0), hw=(8, 4)) == \
+        "avgpool2d kernel [8, 4] (e.g. global pooling of a non-square map): avgpool.v's window is square"
+    assert why(kernel=(2, 2), stride=(2, 1), pad=(0, 0)) == \
+        "avgpool2d kernel [2, 2], stride [2, 1], pad [0, 0]: avgpool.v takes a square window, equal strides, one pad"
+    assert why(stage=None).startswith("avgpool2d of conv2d_0's accumulators")
+    assert why(M=1 << 24) == "avgpool2d M=16777216, sh=5: avgpool.v takes a 24-bit unsigned M and a shift of 0..62"

@@ -128,10 +128,15 @@ def test_layers_from_mpcnn_hand_derived(mpcnn_file):
     # lowering's m = 24 dyadic multipliers, the conv's int32 bias
     assert [x.layer.NT for x in m.layers] == [0] * 6
     assert [x.layer.out_stage for x in m.layers] == ["requant"] * 5 + ["threshold"]
-    # the residual branch's requant (of codes, not of an accumulator), the add, the pool, the
-    # flatten and the host ops are not costed, and say so
+    # the residual branch's requant (of codes, not of an accumulator), the add, the flatten and
+    # the host ops are not costed, and say so
     nm = {d["name"]: d for d in m.not_modelled}
-    assert list(nm) == ["quantize_0", "requant_1", "add_0", "avgpool2d_0", "flatten_0", "dequantize_0"]
+    assert list(nm) == ["quantize_0", "requant_1", "add_0", "flatten_0", "dequantize_0"]
+    # the global 4x4 average pool (4x4 map after `down`, stride 4, uint8 in, int8 out: the
+    # QuantIdentity) pools conv2d_4's requant codes: an avgpool.v unit attached to conv2d_4
+    assert [x.pool for x in m.layers] == [None] * 4 + ["avgpool2d_0", None]
+    assert m.layers[4].layer.pool == D.Pool("avgpool2d_0", C=32, ifm_h=4, ifm_w=4, k=4, stride=4, pad=0, bits=8,
+                                            mode="avg", out_bits=8, in_signed=False)
     assert nm["quantize_0"]["target"] == "host" and nm["add_0"]["target"] == "accel"
     assert "no MVAU" in nm["requant_1"]["reason"]
     assert sum("mvau.v's requant output stage (8-bit" in n for n in m.notes) == 5
@@ -272,8 +277,12 @@ def _layer_from_report(d: dict) -> D.Layer:
     w = d["window"]
     win = None if w is None else D.Window(w["k"], w["C"], w["ifm_h"], w["ifm_w"], w["stride"], w["pad"])
     rq = d.get("out_stage") == "requant"
+    p = d.get("pool")  # report.json has no in_signed: it changes an avg pool's resources, not its cycles
+    pool = None if p is None else D.Pool(p["op"], C=p["C"], ifm_h=p["ifm_h"], ifm_w=p["ifm_w"], k=p["k"],
+                                         stride=p["stride"], pad=p["pad"], bits=p["bits"], mode=p["mode"],
+                                         out_bits=p["out_bits"] if p["mode"] == "avg" else None)
     return D.Layer(d["name"], d["MH"], d["MW"], d["vectors"], d["WB"], d["AB"], d["mode"], d["a_signed"],
-                   d["out_bits"], window=win, out_stage=d.get("out_stage") or "threshold",
+                   d["out_bits"], window=win, out_stage=d.get("out_stage") or "threshold", pool=pool,
                    **({"m_bits": d["m_bits"], "bias_bits": d["bias_bits"]} if rq else {}))
 
 
@@ -302,9 +311,15 @@ def test_mpcnn_report_estimates(mpcnn_builds):
             fills.append(depth + ((w["k"] - 1) * (w["ifm_w"] + 2 * w["pad"]) + w["k"]) * -(-w["C"] // simd))
         else:
             fills.append(depth)
+        win_fill = fills[-1] - depth
+        p = l["pool"]
+        if p:  # the pool unit (P = PE lanes): its padded grid's slots, its first window + its depth
+            wp, k1, cf = p["ifm_w"] + 2 * p["pad"], p["k"] - 1 - p["pad"], -(-p["C"] // pe)
+            c = max(c, (p["ifm_h"] + 2 * p["pad"]) * wp * cf)
+            fills[-1] += (k1 * wp + k1 + 1) * cf + (4 if p["mode"] == "avg" else 2)  # D_POOL_AVG / D_POOL
         assert l["cycles"] == c == int(D.layer_cycles(_layer_from_report(l), pe, simd))
         assert rep["cycles"]["per_layer"][l["name"]] == c
-        assert l["window_fill"] == fills[-1] - depth
+        assert l["window_fill"] == win_fill
         cyc.append(c)
         per_vec.append(nfsf)
     ii, b = max(cyc), cyc.index(max(cyc))
@@ -331,12 +346,20 @@ def test_mpcnn_report_estimates(mpcnn_builds):
     assert rep["fps_per_w"] == pytest.approx(rep["fps"] / rep["power_w"], rel=1e-4)
     # image I/O: int8 1x8x8 in, 10 accumulators of 21 bits out
     assert df["io_bytes_per_image"] == {"in": 64, "out": math.ceil(10 * 21 / 8)}
-    assert [d["name"] for d in df["not_modelled"]] == ["quantize_0", "requant_1", "add_0", "avgpool2d_0",
-                                                       "flatten_0", "dequantize_0"]
+    assert [d["name"] for d in df["not_modelled"]] == ["quantize_0", "requant_1", "add_0", "flatten_0",
+                                                       "dequantize_0"]
+    # the global average pool is costed inside conv2d_4's row (avgpool.v, 4x4 window, stride 4)
+    assert [l["name"] for l in df["layers"] if l["pool"]] == ["conv2d_4"]
+    assert {k: df["layers"][4]["pool"][k] for k in ("op", "mode", "k", "stride", "bits", "out_bits")} == \
+        {"op": "avgpool2d_0", "mode": "avg", "k": 4, "stride": 4, "bits": 8, "out_bits": 8}
+    # output stages: QuantReLU (uint8) after conv1, b1c1, down, b2c1; the residual's shared int8
+    # QuantIdentity after b1c2 (requant_3); the fc's logits are its accumulator
+    assert [l["mvau_stage"] for l in df["layers"]] == ["rq 8u", "rq 8u", "rq 8s", "rq 8u", "rq 8u", "acc"]
     assert df["calibration"]["summary"]["lut"]["of"] >= 1
     md = (out / "report.md").read_text()
     for s in ("Resources and performance (estimates)", "| conv2d_0", "| matmul_0 |", "Not modelled",
-              "avgpool2d_0", "mvau.v's requant output stage (8-bit", "MVAU calibration", "fps = clock / II"):
+              "+ requant_5 + avgpool2d_0 (avg 4x4/s4) |", "| rq 8s |", "| out stage |",
+              "mvau.v's requant output stage (8-bit", "MVAU calibration", "fps = clock / II"):
         assert s in md, s
 
 
@@ -395,3 +418,60 @@ def test_fqbert_report_has_no_dataflow_keys():
     cfg = {"hidden": 64, "layers": 2, "heads": 2, "ffn": 128, "max_seq": 16}
     doc = _report(_fc_ir(), get_board("zcu102"), model="fqbert", params={"config": cfg})
     assert "dataflow" not in doc and doc["estimates"] != rp.DATAFLOW_LABEL and "engine" in doc
+
+
+def _stage_ir():
+    """Five 64 -> 8 int8 matmuls, one per MVAU output stage (hand-built, not run): 3 thresholds;
+    a requant to int6 and one to uint5 (constant M, shift per channel: requant mode); 31
+    thresholds T_t = 2t - 33 with out_bias -16 (exactly sat_int5(rshr(acc, 1)): converted to the
+    requant mode, signed); no stage (the accumulator)."""
+    b = _Builder()
+    b.code("x", (1, 64))
+    b.const("w", np.ones((64, 8)))
+    stages = {
+        0: ("threshold", dict(T=np.tile(np.arange(3), (8, 1)), out_bias=0), irm.CodeType(2, False)),
+        1: ("requant", dict(out=irm.CodeType(6)), irm.CodeType(6)),
+        2: ("requant", dict(out=irm.CodeType(5, False)), irm.CodeType(5, False)),
+        3: ("threshold", dict(T=np.tile(2 * np.arange(1, 32) - 33, (8, 1)), out_bias=-16), irm.CodeType(5)),
+        4: (None, {}, None),
+    }
+    for i, (kind, a, yt) in stages.items():
+        b.acc(f"a{i}", (1, 8))
+        b.op(f"matmul_{i}", "matmul", ["x", "w"], [f"a{i}"], a_type=INT8.to_json(), w_type=INT8.to_json(),
+             acc_bits=24)
+        if kind == "threshold":
+            b.const(f"t{i}", a["T"], irm.CodeType(25))
+            b.code(f"y{i}", (1, 8), yt)
+            b.op(f"threshold_{i}", "threshold", [f"a{i}", f"t{i}"], [f"y{i}"], out_bias=a["out_bias"], bipolar=False)
+        elif kind == "requant":
+            b.const(f"m{i}", np.full(8, 3), irm.CodeType(24, False))
+            b.const(f"sh{i}", np.full(8, 4), irm.CodeType(8, False))
+            b.code(f"y{i}", (1, 8), yt)
+            b.op(f"requant_{i}", "requant", [f"a{i}", f"m{i}", f"sh{i}"], [f"y{i}"], out_type=a["out"].to_json(),
+                 acc_bits_max=24, m=24)
+    return b.ir()
+
+
+def test_report_shows_the_mvau_output_stage():
+    """report.json's dataflow.layers[].mvau_stage and report.md's "out stage" column: thresholds
+    by count, the requant mode by bits and sign (hand-derived from the IR above), the raw
+    accumulator as "acc" — never "NT = 0" for a requant-mode layer."""
+    ir = _stage_ir()
+    m = map_ir(ir)
+    assert [x.layer.out_stage for x in m.layers] == ["threshold", "requant", "requant", "requant", "threshold"]
+    want = ["thr 3", "rq 6s", "rq 5u", "rq 5s", "acc"]
+    assert [rp.mvau_stage_label(x, ir) for x in m.layers] == want
+    doc = _report(ir, get_board("zcu102"))
+    layers = doc["dataflow"]["layers"]
+    assert [l["mvau_stage"] for l in layers] == want
+    md = rp.to_markdown(doc)
+    assert "| out stage |" in md and "| NT |" not in md
+    for l, w in zip(layers, want):
+        row = next(r for r in md.splitlines() if r.startswith(f"| {l['name']}"))
+        assert f" | {w} | " in row, row
+    # a report written before the key: the table falls back to NT / out_stage
+    old = json.loads(json.dumps(doc))
+    for l in old["dataflow"]["layers"]:
+        del l["mvau_stage"]
+    rows = [r for r in rp.to_markdown(old).splitlines() if r.startswith("| matmul_")]
+    assert [r.split(" | ")[7] for r in rows] == ["thr 3", "rq 6", "rq 5", "rq 5", "acc"]

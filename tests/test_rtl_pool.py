@@ -221,7 +221,7 @@ def test_ir_maxpool_costed_as_pool_unit():
     assert ml.pool == "maxpool2d_0"
     assert ml.layer.pool == D.Pool("maxpool2d_0", C=8, ifm_h=6, ifm_w=6, k=2, stride=2, pad=0, bits=2)
     assert ml.as_dict()["pool"] == {"op": "maxpool2d_0", "k": 2, "stride": 2, "pad": 0, "C": 8, "ifm_h": 6,
-                                    "ifm_w": 6, "bits": 2}
+                                    "ifm_w": 6, "bits": 2, "mode": "max", "out_bits": 2}
     nm = {d["name"]: d["reason"] for d in m.not_modelled}
     assert "maxpool2d_0" not in nm and "graph input" in nm["maxpool2d_1"]
     (plain,) = layers_from_ir(ir)

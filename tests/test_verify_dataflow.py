@@ -234,6 +234,12 @@ def test_write_dataflow_rtl(builds):
     assert by["conv2d_2"]["parameters"]["WB"] == 3 and by["conv2d_2"]["parameters"]["A_SIGNED"] == 0
     # the trained model's BatchNorm thresholds are no exact requant: threshold mode, no RQ parameters
     assert all(l["out_stage"] == "threshold" and "RQ" not in l["parameters"] for l in cfg["layers"])
+    # the global average pool is costed in conv2d_4's row (avgpool.v) but not simulated: dataflow.json
+    # describes MVAU instances only, conv2d_4's ops end at its stage, and verify runs mvau.v alone
+    pooled = {l["name"]: l["pool"] for l in rep["layers"] if l["pool"]}
+    assert list(pooled) == ["conv2d_4"] and (pooled["conv2d_4"]["op"], pooled["conv2d_4"]["mode"]) == \
+        ("avgpool2d_0", "avg")
+    assert "avgpool2d_0" not in by["conv2d_4"]["ops"] and all("pool" not in l for l in cfg["layers"])
 
 
 #: bnn (zoo, Bi-Real on 1x8x8): the binary 3x3 pad-1 convs, (input channels, output pixels); the
