@@ -448,6 +448,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: warnings third-party imports print on every run that say nothing about the user's model:
+#: (category, module regex, message regex) for ``warnings.filterwarnings``
+_THIRD_PARTY_NOISE = (
+    (UserWarning, r"brevitas(\.|$)", r"fast_hadamard_transform package not found"),
+    (DeprecationWarning, r"brevitas(\.|$)", r"brevitas\.fx is deprecated"),
+)
+
+
+def _quiet_third_party_warnings() -> None:
+    """Silence :data:`_THIRD_PARTY_NOISE` (optional-kernel and deprecation notices of
+    Brevitas' own imports) for this process; every other warning is shown as usual."""
+    import warnings
+
+    for category, module, message in _THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the process exit code."""
     parser = build_parser()
@@ -463,6 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
     debug = os.environ.get("CODESIGN_DEBUG", "") not in ("", "0")
+    _quiet_third_party_warnings()
     try:
         return int(func(args))
     except CliError as exc:

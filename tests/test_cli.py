@@ -215,3 +215,20 @@ def test_ops_lists_every_contract_op(capsys):
     assert cli.main(["ops"]) == 0
     table = capsys.readouterr().out
     assert "codesign/matmul.h:matmul" in table and "docs/arithmetic.md" in table
+
+
+def test_third_party_import_noise_is_silenced_only():
+    """The CLI drops Brevitas' optional-kernel and deprecation notices, nothing else."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        cli._quiet_third_party_warnings()
+        warnings.warn_explicit("fast_hadamard_transform package not found, using standard pytorch kernels",
+                               UserWarning, "equalize.py", 70, module="brevitas.graph.equalize")
+        warnings.warn_explicit("brevitas.fx is deprecated and will be removed in a future release.",
+                               DeprecationWarning, "base.py", 20, module="brevitas.graph.base")
+        warnings.warn_explicit("fast_hadamard_transform package not found", UserWarning, "m.py", 1,
+                               module="mypackage")  # someone else's: kept
+        warnings.warn_explicit("a real problem", UserWarning, "equalize.py", 80, module="brevitas.graph.equalize")
+    assert [str(w.message) for w in got] == ["fast_hadamard_transform package not found", "a real problem"]
