@@ -39,9 +39,24 @@ Checks, in order (each one row of the pass/fail table):
    bias; or the exact requant equal to an IR threshold stage; doubled bias and shift + 1
    under two lanes per tap), output codes == the stage's codes in the trace, cycles
    ``mvau_cycles(..., requant=True)`` (``D_MVAU_RQ``).
+   A **block-sparse** layer (its IR op has ``attrs["sparse"]``; dataflow.json's ``sparse``
+   ``{pe, simd, nb, ne}``, checked against ``dataflow_ir.map_ir``'s packing of DIR/ir's
+   weight, and ``PE, SIMD`` = the block shape) runs on ``sim/rtl/mvau_sparse.v``
+   (``codesign.sim.rtl_mvau_sparse``, memories of ``NB`` blocks) with the IR's masked
+   weight and the same inputs and thresholds: codes == the stage's codes, the stored
+   blocks / empty row groups == the model's ``NB``/``NE``, cycles == the RTL's own
+   ``sparse_rtl_cycles`` and == the dataflow model's ``sparse_stream_cycles +
+   sparse_fill_cycles + mvau_depth`` of the layer. mvau_sparse.v has threshold and
+   raw-accumulator stages only: a sparse layer in requant mode is a ``skip``.
+   A layer with an attached **pool** (dataflow.json's ``pool``) gets one more row: the pool
+   unit (``pool.v`` max, ``avgpool.v`` average; ``codesign.sim.rtl_pool``) with the layer's
+   ``PE`` lanes, one image per golden case, fed the pool op's input codes from the trace;
+   its codes == the pool op's output in the trace, its cycles ==
+   ``codesign.accel.dataflow.pool_cycles`` (and the RTL's own ``rtl_pool.pool_cycles``).
    A layer mvau.v cannot express is a ``skip`` with the reason, never approximated:
    grouped convs, parameters that differ within an output channel. A ``dataflow.json``
-   that does not describe ``DIR/ir`` is a ``FAIL``.
+   that does not describe ``DIR/ir`` is a ``FAIL``, and so is a ``DIR/rtl`` source that
+   differs from this codesign's ``sim/rtl`` copy.
 
 A row's ``status`` is ``pass``, ``FAIL`` or ``skip`` (with the reason).
 """
@@ -273,20 +288,29 @@ def _stage_out_bias(stage) -> int:
 
 
 def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
-    """Write a CNN/MLP/BNN build's RTL folder ``out_dir`` (must not exist): the MVAU
-    sources (``sim/rtl/mvau.v``) and ``dataflow.json``, one entry per modelled layer of
-    ``report_doc["dataflow"]`` (codesign.accel.report) with its folding (``PE``, ``SIMD``),
-    shape (``MH``, ``MW``, ``vectors``), widths (``WB``, ``AB``, ``a_signed``), ``mode``,
-    ``NT``, ``RESTYPE`` (``dataflow.mult_on_dsp``), the IR op names it covers (``op``,
-    ``output_stage``, ``ops``), its ``out_stage`` ("threshold" or "requant", with
-    ``m_bits``/``bias_bits``) and ``parameters``, the Verilog parameters of its mvau.v
-    instance (requant mode: ``RQ``, ``RQ_BITS``, ``RQ_SIGNED``, ``MBITS``, ``BIAS_W``). ``ir`` (the build's IR) adds what the report does not hold: the output
-    stage's ``OUT_BIAS``, the structural ops between accumulator and stage and the
-    layer's input ``encoding`` (:data:`TWO_LANES` for a conv2d with a bipolar input and
-    padding, whose ``MW`` (= ``parameters.MW``) is then the encoded ``2·C·KH·KW``, as the
-    report's layer; ``"plain"`` otherwise); without it those are ``null`` (``verify``
-    derives them from DIR/ir either way). A report without a
-    folding (search failed, no layer) gives ``"layers": []`` and a ``note`` saying why.
+    """Write a CNN/MLP/BNN build's RTL folder ``out_dir`` (must not exist): the sim/rtl
+    sources its units need (``sources``, :func:`_dataflow_sources`: ``mvau.v`` and
+    ``requant.v``; ``mvau_sparse.v`` with a block-sparse layer; ``pool.v`` / ``avgpool.v``
+    with an attached max / average pool) and ``dataflow.json``, one entry per modelled
+    layer of ``report_doc["dataflow"]`` (codesign.accel.report) with its folding (``PE``,
+    ``SIMD``), shape (``MH``, ``MW``, ``vectors``), widths (``WB``, ``AB``,
+    ``a_signed``), ``mode``, ``NT``, ``RESTYPE`` (``dataflow.mult_on_dsp``), the IR op
+    names it covers (``op``, ``output_stage``, ``ops``), its ``out_stage`` ("threshold" or
+    "requant", with ``m_bits``/``bias_bits``) and ``parameters``, the Verilog parameters
+    of its mvau.v instance (requant mode: ``RQ``, ``RQ_BITS``, ``RQ_SIGNED``, ``MBITS``,
+    ``BIAS_W``; a block-sparse layer not in requant mode is an mvau_sparse.v instance:
+    ``NB_MAX`` = its stored blocks), and ``pool``: the attached pool unit (report.json's
+    ``pool``: ``op``, ``mode``, ``k``, ``stride``, ``pad``, ``C``, ``ifm_h``, ``ifm_w``,
+    ``bits``, ``out_bits``; plus ``P`` = the layer's PE, ``unit`` (:data:`POOL_UNITS`) and
+    ``model_cycles`` = ``dataflow.pool_cycles`` per image) or null. ``ir`` (the build's
+    IR) adds what the report does not hold: the output stage's ``OUT_BIAS``, the
+    structural ops between accumulator and stage, the layer's input ``encoding``
+    (:data:`TWO_LANES` for a conv2d with a bipolar input and padding, whose ``MW`` (=
+    ``parameters.MW``) is then the encoded ``2·C·KH·KW``, as the report's layer;
+    ``"plain"`` otherwise) and ``sparse`` (``{pe, simd, nb, ne}``: ``dataflow.Sparse`` of a
+    block-sparse op, ``dataflow_ir.map_ir``'s packing; null for a dense one); without it
+    those are ``null`` (``verify`` derives them from DIR/ir either way). A report without
+    a folding (search failed, no layer) gives ``"layers": []`` and a ``note`` saying why.
     Deterministic (sorted keys)."""
     import shutil
 
@@ -296,8 +320,6 @@ def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
 
     out_dir = Path(out_dir)
     out_dir.mkdir()
-    for name in MVAU_SOURCES:
-        shutil.copyfile(rtl.RTL_DIR / name, out_dir / name)
     df = report_doc.get("dataflow") or {}
     cfg: dict = {"top": "mvau", "sources": list(MVAU_SOURCES), "clock_mhz": df.get("clock_mhz"), "layers": []}
     if "folding" not in df:
@@ -342,8 +364,47 @@ def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
                 e["parameters"].update({"RQ": 1, "RQ_BITS": e["out_bits"], "MBITS": e["m_bits"],
                                         "BIAS_W": e["bias_bits"],
                                         "RQ_SIGNED": None if out_bias is None else int(out_bias < 0)})
+            sp = None if m is None else m.layer.sparse
+            e["sparse"] = None if sp is None else {"pe": sp.pe, "simd": sp.simd, "nb": sp.nb, "ne": sp.ne}
+            if sp is not None and not rq:  # an instance of mvau_sparse.v (memories of exactly NB blocks)
+                e["parameters"]["NB_MAX"] = max(1, sp.nb)
+            pl = l.get("pool")
+            if pl:
+                pool = D.Pool(str(pl["op"]), C=int(pl["C"]), ifm_h=int(pl["ifm_h"]), ifm_w=int(pl["ifm_w"]),
+                              k=int(pl["k"]), stride=int(pl["stride"]), pad=int(pl["pad"]), bits=int(pl["bits"]),
+                              mode=str(pl["mode"]), out_bits=int(pl["out_bits"]) if pl["mode"] == "avg" else None)
+                e["pool"] = {**{k: pl[k] for k in ("op", "mode", "k", "stride", "pad", "C", "ifm_h", "ifm_w", "bits",
+                                                   "out_bits")},
+                             "P": int(l["PE"]), "unit": POOL_UNITS[pool.mode],
+                             "model_cycles": int(D.pool_cycles(pool, int(l["PE"])))}
+            else:
+                e["pool"] = None
             cfg["layers"].append(e)
+        cfg["sources"] = _dataflow_sources(cfg["layers"])
+    for name in cfg["sources"]:
+        shutil.copyfile(rtl.RTL_DIR / name, out_dir / name)
     (out_dir / DATAFLOW_CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+#: The RTL file of an attached pool unit, by ``Pool.mode`` (dataflow.json's ``pool.unit``).
+POOL_UNITS = {"max": "pool.v", "avg": "avgpool.v"}
+
+
+def _dataflow_sources(entries, sparse_ops=()) -> list[str]:
+    """The sim/rtl sources the dataflow.json layers ``entries`` need, in a fixed order
+    without repeats: mvau.v (+ requant.v) always; mvau_sparse.v when a layer is block-sparse
+    (``sparse`` set, or its op in ``sparse_ops``); pool.v / avgpool.v (+ requant.v) for
+    the attached pools."""
+    from codesign.sim.rtl_mvau import MVAU_SOURCES
+    from codesign.sim.rtl_mvau_sparse import MVAU_SPARSE_SOURCES
+    from codesign.sim.rtl_pool import AVGPOOL_SOURCES, POOL_SOURCES
+
+    out = list(MVAU_SOURCES)
+    if any(e.get("sparse") or e.get("op") in sparse_ops for e in entries):
+        out += MVAU_SPARSE_SOURCES
+    modes = {(e.get("pool") or {}).get("mode") for e in entries}
+    out += (POOL_SOURCES if "max" in modes else ()) + (AVGPOOL_SOURCES if "avg" in modes else ())
+    return list(dict.fromkeys(out))
 
 
 def write_build_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
@@ -409,6 +470,8 @@ class _LayerProblem:
     vector: Callable[[int], str]  # vector index -> its description
     stage_desc: str
     rq: tuple | None = None  # requant mode: per-channel (bias, M, shift) of the MVAU
+    sparse: object | None = None  # dataflow.Sparse: the layer runs on mvau_sparse.v
+    layer: object | None = None  # the mapped dataflow.Layer (its cost model), for a sparse layer
 
 
 def _im2col(x: np.ndarray, kh: int, kw: int, stride, pad, dil) -> tuple[np.ndarray, np.ndarray]:
@@ -518,10 +581,34 @@ def _per_channel(values: np.ndarray, chan: np.ndarray, MH: int, what: str) -> np
     return out
 
 
-def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
+def _layer_sparse(op, e: dict, mapped):
+    """The block sparsity (``dataflow.Sparse``) that layer ``e`` runs with, or None (dense):
+    DIR/ir's ``attrs["sparse"]`` on ``op``, packed by ``dataflow_ir.map_ir`` (``mapped``: its
+    MappedLayer of ``op``). Raises _Disagrees when dataflow.json's ``sparse`` or folding
+    does not describe it (a ``sparse`` key that is absent or null is derived from DIR/ir)."""
+    rec = e.get("sparse")
+    if "sparse" not in op.attrs:
+        if rec:
+            raise _Disagrees(f"sparse {rec}, but {op.name} is dense in DIR/ir")
+        return None
+    sp = None if mapped is None else mapped.layer.sparse
+    if sp is None:
+        raise _Disagrees(f"{op.name} is block-sparse in DIR/ir but not mapped as a sparse layer")
+    mine = {"pe": sp.pe, "simd": sp.simd, "nb": sp.nb, "ne": sp.ne}
+    if rec and {k: rec.get(k) for k in mine} != mine:
+        raise _Disagrees(f"sparse {rec} (IR: {mine})")
+    if (int(e["PE"]), int(e["SIMD"])) != (sp.pe, sp.simd):
+        raise _Disagrees(f"PE {e['PE']}, SIMD {e['SIMD']} for a layer pruned in {sp.pe} x {sp.simd} blocks "
+                         "(a sparse layer is folded as its blocks)")
+    return sp
+
+
+def _layer_problem(ir, trace: dict, e: dict, n: int, mapped=None) -> _LayerProblem:
     """The MVAU problem of dataflow.json layer ``e`` on the first ``n`` traced cases:
     operands, thresholds (bias folded in, requant turned into thresholds) and the IR's
-    codes to expect. Raises _NotVerifiable / _Disagrees (module docstring)."""
+    codes to expect. ``mapped``: ``dataflow_ir.map_ir(ir)``'s layer of the op (needed for
+    a block-sparse layer, which then runs on mvau_sparse.v: ``sparse``, ``layer`` set).
+    Raises _NotVerifiable / _Disagrees (module docstring)."""
     from codesign.accel.dataflow_ir import two_lanes_per_tap
     from codesign.accel.ir import CodeType
     from codesign.sim import reference as ref
@@ -535,6 +622,7 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
     chain = _chain(ir, op, e.get("output_stage"))
     if e.get("ops") is not None and e["ops"] != [op.name, *(o.name for o in chain), *([stage.name] if stage else [])]:
         raise _Disagrees(f"ops {e['ops']} differ from DIR/ir's chain")
+    sparse = _layer_sparse(op, e, mapped)
 
     def ctype(o, key):
         return CodeType.from_json(o.attrs[key], f"op '{o.name}' {key}").int_type()
@@ -697,6 +785,9 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
     if e.get("out_stage") == "requant":
         rq, T, rq_desc, yt_rq = _requant_problem(ir, stage, stage_in, MH, bias_v, scale, lo_true, hi_true, e)
         desc = rq_desc
+        if sparse is not None:  # dataflow.json and DIR/ir agree (checked above); the unit cannot run it
+            raise _NotVerifiable("not verifiable on mvau_sparse.v: block-sparse layer with a requant output stage "
+                                 "(mvau_sparse.v has threshold and raw-accumulator stages only)")
     try:
         if rq is not None:
             cfg = MvauConfig(MH=MH, MW=MW, PE=int(e["PE"]), SIMD=int(e["SIMD"]), WB=WB, AB=AB, a_signed=a_signed,
@@ -710,8 +801,12 @@ def _layer_problem(ir, trace: dict, e: dict, n: int) -> _LayerProblem:
     except ValueError as exc:
         raise _NotVerifiable(f"not verifiable on mvau.v: {str(exc).splitlines()[0]}") from None
     if encoding:
+        if sparse is not None:
+            raise _NotVerifiable("not verifiable on mvau_sparse.v: block-sparse layer in the two-lanes-per-tap "
+                                 "encoding (its blocks are those of the unencoded weight)")
         desc = f"{desc}; {encoding}"
-    return _LayerProblem(cfg=cfg, w=w, T=T, xs=xs, want=want, to_ir=to_ir, vector=vector, stage_desc=desc, rq=rq)
+    return _LayerProblem(cfg=cfg, w=w, T=T, xs=xs, want=want, to_ir=to_ir, vector=vector, stage_desc=desc, rq=rq,
+                         sparse=sparse, layer=None if sparse is None else mapped.layer)
 
 
 def _requant_problem(ir, stage, stage_in, MH: int, bias_v, scale: int, lo_true: int, hi_true: int, e: dict):
@@ -758,10 +853,12 @@ def _requant_problem(ir, stage, stage_in, MH: int, bias_v, scale: int, lo_true: 
 
 def _check_dataflow_rtl(d: Path, ir, xs, man, sim: str | None, progress, cases: int,
                         layers: Sequence[str] | None) -> list[Row]:
-    """One row per dataflow.json layer: mvau.v at the build's folding on the first
-    ``cases`` golden cases, codes == the IR's stage codes, cycles == mvau_cycles."""
+    """One row per dataflow.json layer: mvau.v (mvau_sparse.v for a block-sparse layer) at
+    the build's folding on the first ``cases`` golden cases, codes == the IR's stage codes,
+    cycles == the model (``mvau_cycles``; sparse: stream + fill + depth); then one row per
+    attached pool (:func:`_pool_row`)."""
+    from codesign.accel.dataflow_ir import map_ir
     from codesign.sim import rtl
-    from codesign.sim.rtl_mvau import MVAU_SOURCES, run_mvau_layer
     from codesign.sim.run_ir import run_reference
 
     cfg = json.loads((d / "rtl" / DATAFLOW_CONFIG).read_text(encoding="utf-8"))
@@ -774,7 +871,9 @@ def _check_dataflow_rtl(d: Path, ir, xs, man, sim: str | None, progress, cases: 
         entries = [x for x in entries if x["name"] in layers]
     if not entries:
         return [Row("rtl", "MVAU RTL", "skip", cfg.get("note") or "no MVAU layer in this build")]
-    changed = [s for s in MVAU_SOURCES
+    sparse_ops = {o.name for o in ir.ops if "sparse" in o.attrs}
+    # the simulations build this codesign's sim/rtl sources: DIR/rtl must hold the same files
+    changed = [s for s in _dataflow_sources(entries, sparse_ops)
                if not (d / "rtl" / s).is_file() or (d / "rtl" / s).read_bytes() != (rtl.RTL_DIR / s).read_bytes()]
     if changed:
         return [Row("rtl", "MVAU RTL", "FAIL", f"DIR/rtl differs from this codesign's RTL ({', '.join(changed)}); "
@@ -789,51 +888,200 @@ def _check_dataflow_rtl(d: Path, ir, xs, man, sim: str | None, progress, cases: 
     n = max(1, min(int(cases), total))
     x0 = {b.name: xs[b.name][:n] for b in ir.inputs}
     _, trace = run_reference(ir, x0, trace=True)
+    mapped = {m.op: m for m in map_ir(ir).layers}
     rows = []
     for e in entries:
         t0 = time.perf_counter()
         what = (f"{e['name']} (MH {e['MH']} x MW {e['MW']}, PE {e['PE']}, SIMD {e['SIMD']}; "
                 f"cases 0..{n - 1} of {total})")
         try:
-            p = _layer_problem(ir, trace, e, n)
+            p = _layer_problem(ir, trace, e, n, mapped.get(e["op"]))
         except _NotVerifiable as exc:
             rows.append(Row("rtl", what, "skip", str(exc), time.perf_counter() - t0))
-            continue
         except _Disagrees as exc:
             rows.append(Row("rtl", what, "FAIL", f"{e['name']}: DIR/rtl/{DATAFLOW_CONFIG} disagrees with DIR/ir: "
                             f"{exc}", time.perf_counter() - t0))
-            continue
-        c = p.cfg
-        progress(f"rtl: {e['name']} on mvau.v (MH={c.MH}, MW={c.MW}, PE={c.PE}, SIMD={c.SIMD}, "
-                 f"{'requant' if c.rq else f'NT={c.NT}'}), "
-                 f"{n} case(s) under {sims[0]} ...")
-        try:
-            runs = run_mvau_layer(c, p.w, p.T, p.xs, sim=sims[0], requant=p.rq)
-        except rtl.RtlError as exc:
-            rows.append(Row("rtl", what, "FAIL", f"{e['name']}: simulation failed: {str(exc).splitlines()[0]}",
-                            time.perf_counter() - t0))
-            continue
-        first = cyc_bad = None
-        for i, (r, want) in enumerate(zip(runs, p.want)):
-            got = p.to_ir(r.codes)
-            if first is None and not np.array_equal(got, want):
-                v, ch = (int(k) for k in np.argwhere(got != want)[0])
-                first = (f"first divergence: {e['name']} ({p.stage_desc}), case {i}, {p.vector(v)}, channel {ch} "
-                         f"(fold {ch // c.PE}, PE {ch % c.PE}): rtl {got[v, ch]} != reference {want[v, ch]}")
-            if cyc_bad is None and r.cycles != r.expected_cycles:
-                cyc_bad = f"{e['name']} case {i}: {r.cycles} cycles, model {r.expected_cycles}"
-        dt = time.perf_counter() - t0
-        if first:
-            rows.append(Row("rtl", what, "FAIL", first, dt))
-        elif cyc_bad:
-            rows.append(Row("rtl", what, "FAIL", f"codes equal, cycle count differs: {cyc_bad}", dt))
         else:
-            V = p.xs[0].shape[0]
-            rows.append(Row("rtl", what, "pass",
-                            f"codes == reference ({V} vectors x {c.MH} channels per case; {p.stage_desc}); "
-                            f"{runs[0].cycles} cycles per case == model NF·SF·V + "
-                            f"{'D_MVAU_RQ' if c.rq else 'D_MVAU'} = {c.NF}·{c.SF}·{V} + {c.depth} ({sims[0]})", dt))
+            run = _sparse_row if p.sparse is not None else _mvau_row
+            rows.append(run(e, p, what, sims[0], n, progress, t0))
+        if e.get("pool"):
+            rows.append(_pool_row(ir, trace, e, n, total, sims[0], progress))
     return rows
+
+
+def _compare_codes(e: dict, p: _LayerProblem, runs, PE: int) -> tuple[str | None, str | None]:
+    """(first code divergence, first case whose measured cycles differ from the RTL's own
+    model) over ``runs`` (one per case), as one-line texts or None."""
+    first = cyc_bad = None
+    for i, (r, want) in enumerate(zip(runs, p.want)):
+        got = p.to_ir(r.codes)
+        if first is None and not np.array_equal(got, want):
+            v, ch = (int(k) for k in np.argwhere(got != want)[0])
+            first = (f"first divergence: {e['name']} ({p.stage_desc}), case {i}, {p.vector(v)}, channel {ch} "
+                     f"(fold {ch // PE}, PE {ch % PE}): rtl {got[v, ch]} != reference {want[v, ch]}")
+        if cyc_bad is None and r.cycles != r.expected_cycles:
+            cyc_bad = f"{e['name']} case {i}: {r.cycles} cycles, model {r.expected_cycles}"
+    return first, cyc_bad
+
+
+def _mvau_row(e: dict, p: _LayerProblem, what: str, sim: str, n: int, progress, t0: float) -> Row:
+    """Layer ``e`` on mvau.v: codes == the IR's, cycles == ``mvau_cycles``."""
+    from codesign.sim import rtl
+    from codesign.sim.rtl_mvau import run_mvau_layer
+
+    c = p.cfg
+    progress(f"rtl: {e['name']} on mvau.v (MH={c.MH}, MW={c.MW}, PE={c.PE}, SIMD={c.SIMD}, "
+             f"{'requant' if c.rq else f'NT={c.NT}'}), {n} case(s) under {sim} ...")
+    try:
+        runs = run_mvau_layer(c, p.w, p.T, p.xs, sim=sim, requant=p.rq)
+    except rtl.RtlError as exc:
+        return Row("rtl", what, "FAIL", f"{e['name']}: simulation failed: {str(exc).splitlines()[0]}",
+                   time.perf_counter() - t0)
+    first, cyc_bad = _compare_codes(e, p, runs, c.PE)
+    dt = time.perf_counter() - t0
+    if first:
+        return Row("rtl", what, "FAIL", first, dt)
+    if cyc_bad:
+        return Row("rtl", what, "FAIL", f"codes equal, cycle count differs: {cyc_bad}", dt)
+    V = p.xs[0].shape[0]
+    return Row("rtl", what, "pass",
+               f"codes == reference ({V} vectors x {c.MH} channels per case; {p.stage_desc}); "
+               f"{runs[0].cycles} cycles per case == model NF·SF·V + "
+               f"{'D_MVAU_RQ' if c.rq else 'D_MVAU'} = {c.NF}·{c.SF}·{V} + {c.depth} ({sim})", dt)
+
+
+def _sparse_row(e: dict, p: _LayerProblem, what: str, sim: str, n: int, progress, t0: float) -> Row:
+    """Block-sparse layer ``e`` on mvau_sparse.v at its block folding (memories of the
+    model's ``NB`` blocks): the IR's masked weight, codes == the IR's, cycles == the
+    RTL's own ``sparse_rtl_cycles`` and == the dataflow model's ``sparse_stream_cycles +
+    sparse_fill_cycles + mvau_depth`` of the layer, stored blocks / empty row groups ==
+    the model's ``NB``, ``NE``."""
+    from codesign.accel import dataflow as D
+    from codesign.sim import rtl
+    from codesign.sim.rtl_mvau_sparse import SparseMvauConfig, run_sparse_mvaus
+
+    c, sp, L = p.cfg, p.sparse, p.layer
+    what = f"{what}; mvau_sparse.v"
+    try:
+        sc = SparseMvauConfig(MH=c.MH, MW=c.MW, PE=c.PE, SIMD=c.SIMD, WB=c.WB, AB=c.AB, a_signed=c.a_signed,
+                              binary=c.binary, NT=c.NT, out_bias=c.out_bias, restype=c.restype, acc_out=False,
+                              nb_max=max(1, sp.nb))
+    except ValueError as exc:
+        return Row("rtl", what, "skip", f"not verifiable on mvau_sparse.v: {str(exc).splitlines()[0]}",
+                   time.perf_counter() - t0)
+    progress(f"rtl: {e['name']} on mvau_sparse.v (MH={c.MH}, MW={c.MW}, PE={c.PE}, SIMD={c.SIMD}, NT={c.NT}, "
+             f"NB={sp.nb}), {n} case(s) under {sim} ...")
+    try:
+        runs = run_sparse_mvaus(sc, [dict(x=x, w=p.w, T=p.T) for x in p.xs], sim=sim)
+    except (rtl.RtlError, ValueError) as exc:
+        return Row("rtl", what, "FAIL", f"{e['name']}: simulation failed: {str(exc).splitlines()[0]}",
+                   time.perf_counter() - t0)
+    first, cyc_bad = _compare_codes(e, p, runs, c.PE)
+    dt = time.perf_counter() - t0
+    if first:
+        return Row("rtl", what, "FAIL", first, dt)
+    if (runs[0].nb, runs[0].ne) != (sp.nb, sp.ne):
+        return Row("rtl", what, "FAIL", f"{e['name']}: the weight packs into {runs[0].nb} blocks, "
+                   f"{runs[0].ne} empty row groups; the model has NB {sp.nb}, NE {sp.ne}", dt)
+    if cyc_bad:
+        return Row("rtl", what, "FAIL", f"codes equal, cycle count differs from mvau_sparse.v's model: {cyc_bad}",
+                   dt)
+    stream, fill, depth = (D.sparse_stream_cycles(L, c.PE, c.SIMD), D.sparse_fill_cycles(L, c.SIMD),
+                           D.mvau_depth(L))
+    model = stream + fill + depth
+    bad = [f"case {i}: {r.cycles}" for i, r in enumerate(runs) if r.cycles != model]
+    if bad:
+        return Row("rtl", what, "FAIL", f"codes equal, cycles differ from the dataflow model's stream + fill + "
+                   f"depth = {stream} + {fill} + {depth} = {model}: {bad[0]}", dt)
+    V, SF, slots = p.xs[0].shape[0], sc.SF, sp.nb + sp.ne
+    return Row("rtl", what, "pass",
+               f"codes == reference ({V} vectors x {c.MH} channels per case; {p.stage_desc}; masked weight, "
+               f"{sp.nb} of {sc.NRG * SF} blocks of {c.PE}x{c.SIMD} stored, {sp.ne} empty row group(s)); "
+               f"{runs[0].cycles} cycles per case == model V·max(SF, NB+NE) + min(SF, NB+NE) + D_MVAU = "
+               f"{V}·max({SF}, {slots}) + {min(SF, slots)} + {depth} ({sim})", dt)
+
+
+def _pool_row(ir, trace: dict, e: dict, n: int, total: int, sim: str, progress) -> Row:
+    """The pool attached to layer ``e`` (dataflow.json ``pool``) on pool.v (max) or
+    avgpool.v (average) with the layer's ``PE`` lanes, one image per golden case: its input
+    is the pool op's input codes in the trace (the layer's output codes), its output codes
+    must equal the pool op's output in the trace, its cycles
+    ``codesign.accel.dataflow.pool_cycles`` of the recorded geometry (== ``model_cycles``).
+    A pool entry that does not describe DIR/ir's op is a FAIL; one the unit cannot take
+    (PoolConfig refuses it) a skip."""
+    from codesign.accel import dataflow as D
+    from codesign.accel.ir import CodeType
+    from codesign.sim import rtl
+    from codesign.sim.rtl_pool import PoolConfig, run_pools
+
+    t0 = time.perf_counter()
+    pl = e["pool"]
+    ops = {o.name: o for o in ir.ops}
+    op = ops.get(pl.get("op"))
+    P = int(pl.get("P", e["PE"]))
+    what = (f"{pl.get('op')} ({pl.get('mode')} pool {pl.get('k')}x{pl.get('k')}/{pl.get('stride')} pad "
+            f"{pl.get('pad')} of {e['name']}, C {pl.get('C')}, {pl.get('ifm_h')}x{pl.get('ifm_w')}, P {P}; "
+            f"cases 0..{n - 1} of {total})")
+
+    def fail(msg):
+        return Row("rtl", what, "FAIL", f"{pl.get('op')}: DIR/rtl/{DATAFLOW_CONFIG} disagrees with DIR/ir: {msg}",
+                   time.perf_counter() - t0)
+
+    want_op = {"max": "maxpool2d", "avg": "avgpool2d"}.get(pl.get("mode"))
+    if op is None or op.op != want_op:
+        return fail(f"no {want_op or pl.get('mode')} op {pl.get('op')}")
+    x, y = trace[op.inputs[0]][:n], trace[op.outputs[0]][:n]
+    k, st, pd = (list(op.attrs.get(a, d)) for a, d in (("kernel", []), ("stride", op.attrs.get("kernel", [])),
+                                                        ("pad", [0, 0])))
+    in_t = CodeType.from_json(op.attrs["in_type"], f"op '{op.name}' in_type").int_type()
+    out_t = (CodeType.from_json(op.attrs["out_type"], f"op '{op.name}' out_type").int_type()
+             if op.op == "avgpool2d" and op.attrs.get("out_type") is not None else in_t)
+    mine = {"k": k[0] if len(set(k)) == 1 else k, "stride": st[0] if len(set(st)) == 1 else st,
+            "pad": pd[0] if len(set(pd)) == 1 else pd, "C": int(x.shape[1]), "ifm_h": int(x.shape[2]),
+            "ifm_w": int(x.shape[3]), "bits": in_t.bits, "out_bits": out_t.bits, "P": int(e["PE"])}
+    bad = [f"{key} {pl.get(key)} (IR: {v})" for key, v in mine.items() if pl.get(key) != v]
+    if bad:
+        return fail(", ".join(bad))
+    if pl.get("unit") not in (None, POOL_UNITS[pl["mode"]]):
+        return fail(f"unit {pl['unit']} for a {pl['mode']} pool ({POOL_UNITS[pl['mode']]})")
+    avg = pl["mode"] == "avg"
+    try:
+        cfg = PoolConfig(C=mine["C"], P=P, H=mine["ifm_h"], W=mine["ifm_w"], K=mine["k"], S=mine["stride"],
+                         PAD=mine["pad"], bits=in_t.bits, signed=in_t.signed, avg=avg,
+                         out_bits=out_t.bits if avg else None, out_signed=out_t.signed if avg else None)
+        model_pool = D.Pool(op.name, C=cfg.C, ifm_h=cfg.H, ifm_w=cfg.W, k=cfg.K, stride=cfg.S, pad=cfg.PAD,
+                            bits=cfg.bits, mode=pl["mode"], out_bits=out_t.bits if avg else None,
+                            in_signed=in_t.signed)
+    except (ValueError, TypeError) as exc:
+        return Row("rtl", what, "skip", f"not verifiable on {POOL_UNITS[pl['mode']]}: {str(exc).splitlines()[0]}",
+                   time.perf_counter() - t0)
+    model = int(D.pool_cycles(model_pool, P))
+    if pl.get("model_cycles") is not None and int(pl["model_cycles"]) != model:
+        return fail(f"model_cycles {pl['model_cycles']} (IR: {model})")
+    rq = dict(M=int(op.attrs["M"]), sh=int(op.attrs["sh"])) if avg else {}
+    progress(f"rtl: {op.name} on {cfg.toplevel}.v (C={cfg.C}, P={P}, {cfg.H}x{cfg.W}, K={cfg.K}, S={cfg.S}, "
+             f"PAD={cfg.PAD}), {n} case(s) under {sim} ...")
+    try:
+        runs = run_pools(cfg, [dict(x=x[i:i + 1], **rq) for i in range(n)], sim=sim)
+    except (rtl.RtlError, ValueError) as exc:
+        return Row("rtl", what, "FAIL", f"{op.name}: simulation failed: {str(exc).splitlines()[0]}",
+                   time.perf_counter() - t0)
+    dt = time.perf_counter() - t0
+    for i, r in enumerate(runs):
+        if not np.array_equal(r.y, y[i:i + 1]):
+            _, c, h, w = (int(v) for v in np.argwhere(r.y != y[i:i + 1])[0])
+            return Row("rtl", what, "FAIL", f"first divergence: {op.name}, case {i}, channel {c} (beat {c // P}, "
+                       f"lane {c % P}), output pixel ({h}, {w}): rtl {r.y[0, c, h, w]} != reference {y[i, c, h, w]}",
+                       dt)
+    for i, r in enumerate(runs):
+        if r.cycles != r.expected_cycles or r.cycles != model:
+            return Row("rtl", what, "FAIL", f"codes equal, cycle count differs: {op.name} case {i}: {r.cycles} "
+                       f"cycles, model {model} ({cfg.toplevel}.v's {r.expected_cycles})", dt)
+    rq_desc = f"; requant M {rq['M']}, shift {rq['sh']}" if avg else ""
+    return Row("rtl", what, "pass",
+               f"codes == reference ({cfg.C} channels x {cfg.OH}x{cfg.OW} pixels per case{rq_desc}); {runs[0].cycles} "
+               f"cycles per case == model pool_cycles at P = PE = {P} ({cfg.toplevel}.v, D = {cfg.depth}; {sim})",
+               dt)
 
 
 def verify(build_dir: str | Path, rtl: bool = False, sim: str | None = None,

@@ -11,6 +11,14 @@ mvau.v real taps as ``(a, a)``, padded ones as ``(+1, -1)`` against weights ``(w
 thresholds ``2·T``; checked here against ``reference.conv2d`` (numpy), on the bnn build's
 four such layers on the RTL, and with a deliberately wrong encoding that must fail.
 
+Block-sparse layers run on ``sim/rtl/mvau_sparse.v`` (a hand-written pruned CNN, marked
+by ``mark_sparse`` as ``codesign build --sparse 2,4`` does): codes == the IR's, cycles ==
+``V·max(SF, NB+NE) + min(SF, NB+NE) + D_MVAU`` from the masks by hand; a requant-mode sparse
+layer is a skip; a weight corrupted on its way to the RTL, or a DIR/ir whose blocks no
+longer match dataflow.json, fails. Attached pools (max: pool.v, average: avgpool.v, incl.
+mpcnn's global pool) get their own rows: codes == the pool op's output in the trace, cycles
+== pool_cycles by hand; a tampered reference pool code is named (case, channel, pixel).
+
 Independent checks: the im2col of the verifier against ``reference.conv2d``; the requant ->
 thresholds conversion against ``reference.requant`` on every accumulator of a range
 (brute force); expected cycle counts computed here from report.json's folding with the
@@ -218,8 +226,9 @@ def test_write_dataflow_rtl(builds):
     d = builds["mpcnn"]
     cfg = json.loads((d / "rtl" / "dataflow.json").read_text())
     rep = json.loads((d / "report.json").read_text())["dataflow"]
-    assert cfg["top"] == "mvau" and cfg["sources"] == ["mvau.v", "requant.v"]
-    assert sorted(p.name for p in (d / "rtl").iterdir()) == ["dataflow.json", "mvau.v", "requant.v"]
+    assert cfg["top"] == "mvau" and cfg["sources"] == ["mvau.v", "requant.v", "avgpool.v"]  # + conv2d_4's pool
+    assert sorted(p.name for p in (d / "rtl").iterdir()) == ["avgpool.v", "dataflow.json", "mvau.v", "requant.v"]
+    assert (d / "rtl" / "avgpool.v").read_bytes() == (rtl.RTL_DIR / "avgpool.v").read_bytes()
     assert (d / "rtl" / "mvau.v").read_bytes() == (rtl.RTL_DIR / "mvau.v").read_bytes()
     assert [l["name"] for l in cfg["layers"]] == [f["name"] for f in rep["folding"]]
     for l, f in zip(cfg["layers"], rep["folding"]):
@@ -234,12 +243,20 @@ def test_write_dataflow_rtl(builds):
     assert by["conv2d_2"]["parameters"]["WB"] == 3 and by["conv2d_2"]["parameters"]["A_SIGNED"] == 0
     # the trained model's BatchNorm thresholds are no exact requant: threshold mode, no RQ parameters
     assert all(l["out_stage"] == "threshold" and "RQ" not in l["parameters"] for l in cfg["layers"])
-    # the global average pool is costed in conv2d_4's row (avgpool.v) but not simulated: dataflow.json
-    # describes MVAU instances only, conv2d_4's ops end at its stage, and verify runs mvau.v alone
+    # the global average pool is costed in conv2d_4's row (avgpool.v) and recorded with it (its own
+    # row in verify); conv2d_4's ops still end at its stage; no layer is block-sparse
     pooled = {l["name"]: l["pool"] for l in rep["layers"] if l["pool"]}
     assert list(pooled) == ["conv2d_4"] and (pooled["conv2d_4"]["op"], pooled["conv2d_4"]["mode"]) == \
         ("avgpool2d_0", "avg")
-    assert "avgpool2d_0" not in by["conv2d_4"]["ops"] and all("pool" not in l for l in cfg["layers"])
+    assert "avgpool2d_0" not in by["conv2d_4"]["ops"]
+    assert [l["name"] for l in cfg["layers"] if l["pool"]] == ["conv2d_4"]
+    pl = by["conv2d_4"]["pool"]
+    assert (pl["op"], pl["mode"], pl["unit"], pl["P"]) == ("avgpool2d_0", "avg", "avgpool.v", by["conv2d_4"]["PE"])
+    assert (pl["k"], pl["stride"], pl["pad"], pl["ifm_h"], pl["ifm_w"]) == (4, 4, 0, 4, 4)  # global 4x4
+    # pool_cycles by hand (sim/rtl/avgpool.v header): global K = H = W = 4, CF = ceil(C/P) beats per
+    # pixel, every slot up to the last pixel: 16·CF, plus D_AVG = 4
+    assert pl["model_cycles"] == 16 * -(-pl["C"] // pl["P"]) + 4
+    assert all(l["sparse"] is None and "NB_MAX" not in l["parameters"] for l in cfg["layers"])
 
 
 #: bnn (zoo, Bi-Real on 1x8x8): the binary 3x3 pad-1 convs, (input channels, output pixels); the
@@ -491,3 +508,276 @@ def test_requant_stage_runs_in_requant_mode(builds, tmp_path):
     p.write_text(json.dumps(bad))
     r = _rows(vf.verify(d, rtl=True, rtl_cases=1, rtl_layers=["conv2d_3"]))["conv2d_3"]
     assert r.status == "FAIL" and "requant mode needs" in r.detail, r.detail
+
+
+# ---------------------------------------------------------------------------
+# Block-sparse layers (mvau_sparse.v) and attached pools (pool.v, avgpool.v)
+# ---------------------------------------------------------------------------
+
+def _nonzero_int4(rng, shape):
+    v = rng.integers(-8, 8, shape)
+    v[v == 0] = 1  # a kept block is never all-zero by chance
+    return v
+
+
+def _masked(m, keep, pe=2, simd=4):
+    """Zero the ``pe`` x ``simd`` blocks of ``m`` ([OC, K]) where ``keep`` is False."""
+    return m * np.repeat(np.repeat(keep, pe, 0), simd, 1)[:m.shape[0], :m.shape[1]]
+
+
+#: kept 2x4 blocks of the pruned CNN's [OC, K] weight views (row groups x column groups)
+KEEP = {"conv2d_1": np.array([[1, 0], [0, 1], [1, 1], [0, 0]], bool),
+        "matmul_0": np.array([[1, 1], [0, 0], [0, 1]], bool)}
+
+
+def _pruned_cnn(seed: int = 7):
+    """A hand-written pruned CNN on 1x3x6x6 (every MVAU pruned in 2x4 blocks):
+    quantize (uint4) -> conv2d_0 3x3 pad 1, 3 -> 8 (bias) -> requant_0 uint4 (4 bits: threshold
+    mode) -> maxpool2d_0 2x2/2 -> conv2d_1 1x1, 8 -> 8 -> requant_1 int8 (requant mode) ->
+    avgpool2d_0 global 3x3 -> flatten -> matmul_0 8 -> 6 (bias, raw accumulator) -> dequantize.
+    Returns (ir, {layer: kept-block mask})."""
+    from codesign.accel.ir import IR, Boundary, CodeType, Constant, Op, Scale, Tensor, validate
+
+    rng = np.random.default_rng(seed)
+    I4, U4, I8 = ref.IntType(4, True), ref.IntType(4, False), ref.IntType(8, True)
+    ct = lambda b, s: CodeType(b, s, False)  # noqa: E731
+    s_x, s_w, s_a, s_b = 2.0**-4, 2.0**-3, 2.0**-2, 2.0**-3
+    k0 = rng.random((4, 7)) < 0.5  # conv2d_0's (8, 27) view: 4 row groups x 7 column groups
+    k0[2, :] = False  # output channels 4, 5 pruned: one empty row group
+    k0[0, 0] = k0[1, 3] = True
+    keep = {"conv2d_0": k0, **KEEP}
+    w0 = _masked(_nonzero_int4(rng, (8, 27)), k0).reshape(8, 3, 3, 3)
+    w1 = _masked(_nonzero_int4(rng, (8, 8)), keep["conv2d_1"]).reshape(8, 8, 1, 1)
+    w2 = _masked(_nonzero_int4(rng, (6, 8)), keep["matmul_0"]).T  # matmul weights are (K, N)
+    b0, b1, b2 = rng.integers(-40, 40, 8), rng.integers(-60, 60, 8), rng.integers(-300, 300, 6)
+    a0 = ref.acc_bits(27, U4, I4, int(b0.min()), int(b0.max()))
+    a1 = ref.acc_bits(8, U4, I4, int(b1.min()), int(b1.max()))
+    a2 = ref.acc_bits(8, I8, I4, int(b2.min()), int(b2.max()))
+    (M0, sh0), (M1, sh1), (Mp, shp) = (ref.dyadic(r) for r in (s_x * s_w / s_a, s_a * s_w / s_b, 1 / 9))
+    code = lambda shape, b, s, sc: Tensor(shape, "code", ct(b, s), scale=Scale.scalar(sc))  # noqa: E731
+    acc = lambda shape, bits, sc: Tensor(shape, "acc", acc_bits=bits, scale=Scale.scalar(sc))  # noqa: E731
+    t = {"in_x": Tensor((1, 3, 6, 6), "float"), "quantize_0_out": code((1, 3, 6, 6), 4, False, s_x),
+         "conv2d_0_out": acc((1, 8, 6, 6), a0, s_x * s_w), "requant_0_out": code((1, 8, 6, 6), 4, False, s_a),
+         "maxpool2d_0_out": code((1, 8, 3, 3), 4, False, s_a), "conv2d_1_out": acc((1, 8, 3, 3), a1, s_a * s_w),
+         "requant_1_out": code((1, 8, 3, 3), 8, True, s_b), "avgpool2d_0_out": code((1, 8, 1, 1), 8, True, s_b),
+         "flatten_0_out": code((1, 8), 8, True, s_b), "matmul_0_out": acc((1, 6), a2, s_b * s_w),
+         "out_y": Tensor((1, 6), "float")}
+    c = {"conv2d_0_w": Constant(ct(4, True), w0), "conv2d_0_bias": Constant(ct(32, True), b0),
+         "requant_0_m": Constant(ct(24, False), np.array(int(M0))),
+         "requant_0_sh": Constant(ct(8, False), np.array(int(sh0))),
+         "conv2d_1_w": Constant(ct(4, True), w1), "conv2d_1_bias": Constant(ct(32, True), b1),
+         "requant_1_m": Constant(ct(24, False), np.array(int(M1))),
+         "requant_1_sh": Constant(ct(8, False), np.array(int(sh1))),
+         "matmul_0_w": Constant(ct(4, True), w2), "matmul_0_bias": Constant(ct(32, True), b2)}
+    conv = dict(dilation=[1, 1], groups=1, x_type=ct(4, False).to_json(), w_type=ct(4, True).to_json())
+    ops = [
+        Op("quantize_0", "quantize", ["in_x"], ["quantize_0_out"],
+           {"scale": s_x, "bits": 4, "signed": False, "narrow": False, "rounding": "ROUND"}, "host"),
+        Op("conv2d_0", "conv2d", ["quantize_0_out", "conv2d_0_w", "conv2d_0_bias"], ["conv2d_0_out"],
+           {**conv, "stride": [1, 1], "pad": [1, 1, 1, 1], "acc_bits": a0}),
+        Op("requant_0", "requant", ["conv2d_0_out", "requant_0_m", "requant_0_sh"], ["requant_0_out"],
+           {"out_type": ct(4, False).to_json(), "acc_bits_max": a0, "m": 16}),
+        Op("maxpool2d_0", "maxpool2d", ["requant_0_out"], ["maxpool2d_0_out"],
+           {"kernel": [2, 2], "stride": [2, 2], "pad": [0, 0], "in_type": ct(4, False).to_json()}),
+        Op("conv2d_1", "conv2d", ["maxpool2d_0_out", "conv2d_1_w", "conv2d_1_bias"], ["conv2d_1_out"],
+           {**conv, "stride": [1, 1], "pad": [0, 0, 0, 0], "acc_bits": a1}),
+        Op("requant_1", "requant", ["conv2d_1_out", "requant_1_m", "requant_1_sh"], ["requant_1_out"],
+           {"out_type": ct(8, True).to_json(), "acc_bits_max": a1, "m": 16}),
+        Op("avgpool2d_0", "avgpool2d", ["requant_1_out"], ["avgpool2d_0_out"],
+           {"kernel": [3, 3], "stride": [3, 3], "pad": [0, 0], "M": int(Mp), "sh": int(shp),
+            "in_type": ct(8, True).to_json(), "out_type": ct(8, True).to_json()}),
+        Op("flatten_0", "flatten", ["avgpool2d_0_out"], ["flatten_0_out"], {"axis": 1}),
+        Op("matmul_0", "matmul", ["flatten_0_out", "matmul_0_w", "matmul_0_bias"], ["matmul_0_out"],
+           {"a_type": ct(8, True).to_json(), "w_type": ct(4, True).to_json(), "acc_bits": a2}),
+        Op("dequantize_0", "dequantize", ["matmul_0_out"], ["out_y"], {"scale": s_b * s_w}, "host"),
+    ]
+    return validate(IR("pruned_cnn", [Boundary("in_x", "x")], [Boundary("out_y", "y")], t, c, ops)), keep
+
+
+def _write_pruned_build(d, ir, cases: int = 3) -> dict:
+    """A build folder for ``ir`` (``codesign build --sparse 2,4`` marks it the same way): ir/,
+    golden/ (``cases`` random images and the reference outputs), rtl/ from its dataflow estimate
+    on the zcu111; returns the report's ``dataflow`` dict."""
+    from codesign.accel import report as rp
+    from codesign.accel.boards import get_board
+    from codesign.accel.passes import mark_sparse
+    from codesign.sim.run_ir import run_reference
+
+    ir = mark_sparse(ir, 2, 4)
+    d.mkdir()
+    irm.save(ir, d / "ir")
+    x = np.random.default_rng(1).uniform(0, 1, (cases, 3, 6, 6)).astype(np.float32)
+    (d / "golden").mkdir()
+    np.save(d / "golden" / "x.npy", x)
+    np.save(d / "golden" / "y.npy", run_reference(ir, {"in_x": x})["y"])
+    (d / "golden" / "golden.json").write_text(json.dumps({"cases": cases, "inputs": {"in_x": {"file": "x.npy"}},
+                                                          "outputs": {"out_y": {"file": "y.npy"}}}))
+    df = rp.dataflow_estimates(ir, get_board("zcu111"), 200.0)
+    vf.write_dataflow_rtl(d / "rtl", df, ir)
+    return df["dataflow"]
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    ir, keep = _pruned_cnn()
+    d = tmp_path_factory.mktemp("sparse") / "b"
+    _write_pruned_build(d, ir)
+    return d, keep
+
+
+def _hand_sparse(keep) -> dict:
+    """{pe, simd, nb, ne} of a kept-block mask: every kept block holds non-zero weights."""
+    return {"pe": 2, "simd": 4, "nb": int(keep.sum()), "ne": int((~keep.any(axis=1)).sum())}
+
+
+#: the pruned CNN's layers: vectors V, column groups SF = ceil(MW / 4)
+PRUNED_V_SF = {"conv2d_0": (36, 7), "conv2d_1": (9, 2), "matmul_0": (1, 2)}
+
+
+def _hand_sparse_cycles(name, keep) -> int:
+    """docs/dataflow.md §4: V·max(SF, NB + NE) + min(SF, NB + NE) + D_MVAU."""
+    V, SF = PRUNED_V_SF[name]
+    h = _hand_sparse(keep)
+    slots = h["nb"] + h["ne"]
+    return V * max(SF, slots) + min(SF, slots) + D_MVAU
+
+
+def test_sparse_and_pool_dataflow_json(pruned):
+    """dataflow.json of the pruned CNN: each layer's sparse blocks == the masks' counts, folded
+    as its blocks, NB_MAX on the mvau_sparse.v instances (not on conv2d_1, in requant mode);
+    the attached pools with their geometry and pool_cycles by hand; mvau_sparse.v, pool.v and
+    avgpool.v copied unchanged."""
+    from codesign.sim import rtl
+
+    d, keep = pruned
+    cfg = json.loads((d / "rtl" / "dataflow.json").read_text())
+    by = {l["name"]: l for l in cfg["layers"]}
+    assert list(by) == ["conv2d_0", "conv2d_1", "matmul_0"]
+    for name, e in by.items():
+        assert e["sparse"] == _hand_sparse(keep[name]) and (e["PE"], e["SIMD"]) == (2, 4), name
+    assert _hand_sparse(keep["conv2d_0"])["ne"] == 1 and _hand_sparse(keep["matmul_0"]) == \
+        {"pe": 2, "simd": 4, "nb": 3, "ne": 1}
+    assert by["conv2d_1"]["out_stage"] == "requant" and "NB_MAX" not in by["conv2d_1"]["parameters"]
+    assert by["conv2d_0"]["parameters"]["NB_MAX"] == int(keep["conv2d_0"].sum())
+    assert by["matmul_0"]["parameters"]["NB_MAX"] == 3 and by["conv2d_0"]["out_stage"] == "threshold"
+    assert cfg["sources"] == ["mvau.v", "requant.v", "mvau_sparse.v", "pool.v", "avgpool.v"]
+    for s in cfg["sources"]:
+        assert (d / "rtl" / s).read_bytes() == (rtl.RTL_DIR / s).read_bytes()
+    mp, ap = by["conv2d_0"]["pool"], by["conv2d_1"]["pool"]
+    assert by["matmul_0"]["pool"] is None
+    assert (mp["op"], mp["mode"], mp["unit"], mp["k"], mp["stride"], mp["pad"], mp["C"], mp["P"]) == \
+        ("maxpool2d_0", "max", "pool.v", 2, 2, 0, 8, 2)
+    assert (ap["op"], ap["mode"], ap["unit"], ap["k"], ap["stride"], ap["ifm_h"], ap["bits"], ap["out_bits"]) == \
+        ("avgpool2d_0", "avg", "avgpool.v", 3, 3, 3, 8, 8)
+    # pool_cycles by hand: CF = 8/2 = 4 beats per pixel; max 2x2/2 on 6x6: the last window closes
+    # at pixel (5, 5), slot (5·6 + 5)·4 + 3 = 143, so 144 slots + D_POOL 2; global 3x3: 9·4 + D_AVG 4
+    assert (mp["model_cycles"], ap["model_cycles"]) == (146, 40)
+
+
+def test_sparse_record_disagrees_with_corrupted_ir(pruned, tmp_path):
+    """DIR/ir with a weight put into a pruned block of matmul_0 (row group 1: 4 stored blocks, no
+    empty row group) no longer matches dataflow.json's sparse record: the row fails, naming both."""
+    src, _ = pruned
+    d = tmp_path / "b"
+    shutil.copytree(src, d)
+    ir = irm.load(d / "ir")
+    c = ir.constants["matmul_0_w"]
+    w = np.array(c.values)
+    assert np.all(w[:, 2:4] == 0)  # (K, N): output channels 2, 3 = row group 1, pruned
+    w[5, 2] = 3
+    ir.constants["matmul_0_w"] = irm.Constant(c.type, w)
+    shutil.rmtree(d / "ir")
+    irm.save(ir, d / "ir")
+    r = _rows(vf.verify(d, rtl=True, rtl_layers=["matmul_0"]))["matmul_0"]
+    assert r.status == "FAIL" and ("disagrees with DIR/ir: sparse {'nb': 3, 'ne': 1, 'pe': 2, 'simd': 4} "
+                                   "(IR: {'pe': 2, 'simd': 4, 'nb': 4, 'ne': 0})") in r.detail, r.detail
+
+
+@pytest.mark.rtl
+def test_sparse_layers_and_pools_on_the_rtl(pruned):
+    """Every row of the pruned CNN: conv2d_0 (uint4 requant as 15 thresholds) and matmul_0 (raw
+    accumulator) pass on mvau_sparse.v with cycles == V·max(SF, NB+NE) + min(SF, NB+NE) + D_MVAU
+    from the masks; conv2d_1 (requant mode) is a skip with the reason; the max pool after conv2d_0
+    and the global average pool after conv2d_1 pass with the hand-derived pool cycles."""
+    d, keep = pruned
+    rep = vf.verify(d, rtl=True, sim="verilator")
+    assert rep.ok, rep.table()
+    rows = _rows(rep)
+    assert list(rows) == ["conv2d_0", "maxpool2d_0", "conv2d_1", "avgpool2d_0", "matmul_0"]
+    for name in ("conv2d_0", "matmul_0"):
+        r = rows[name]
+        assert r.status == "pass" and r.what.endswith("; mvau_sparse.v"), (name, r)
+        assert int(re.search(r"(\d+) cycles per case", r.detail).group(1)) == _hand_sparse_cycles(name, keep[name])
+    assert "516 cycles per case" in rows["conv2d_0"].detail  # 36·max(7, 13 + 1) + 7 + 5 (seed 7's mask)
+    assert "11 cycles per case" in rows["matmul_0"].detail  # 1·max(2, 3 + 1) + 2 + 5
+    assert "requant_0: requant as 15 thresholds/channel" in rows["conv2d_0"].detail
+    assert rows["conv2d_1"].status == "skip" and rows["conv2d_1"].detail == (
+        "not verifiable on mvau_sparse.v: block-sparse layer with a requant output stage (mvau_sparse.v has "
+        "threshold and raw-accumulator stages only)")
+    assert rows["maxpool2d_0"].status == "pass" and "146 cycles per case" in rows["maxpool2d_0"].detail
+    assert rows["avgpool2d_0"].status == "pass" and "40 cycles per case" in rows["avgpool2d_0"].detail
+    assert "(pool.v" in rows["maxpool2d_0"].detail and "(avgpool.v" in rows["avgpool2d_0"].detail
+
+
+@pytest.mark.rtl
+def test_corrupted_sparse_weight_fails(pruned, monkeypatch):
+    """The check can fail: one stored weight of matmul_0 changed in what mvau_sparse.v gets (on a
+    lane whose activation is non-zero in case 0) makes its raw accumulator differ from the IR's:
+    FAIL naming case 0, vector 0 and that output channel."""
+    real = vf._layer_problem
+    hit = {}
+
+    def corrupt(ir, trace, e, n, mapped=None):
+        p = real(ir, trace, e, n, mapped)
+        if e["name"] == "matmul_0":
+            lanes = np.flatnonzero(p.xs[0][0])
+            r, c = next((int(r), int(c)) for r, c in np.argwhere(p.w != 0) if c in lanes)
+            p.w[r, c] = p.w[r, c] + 1 if p.w[r, c] < 7 else 6  # still a non-zero int4 weight
+            hit["channel"] = r
+        return p
+
+    monkeypatch.setattr(vf, "_layer_problem", corrupt)
+    r = _rows(vf.verify(pruned[0], rtl=True, rtl_cases=1, rtl_layers=["matmul_0"]))["matmul_0"]
+    ch = hit["channel"]
+    assert r.status == "FAIL" and r.detail.startswith(
+        f"first divergence: matmul_0 (raw accumulator (+ bias outside the MVAU)), case 0, vector 0, channel {ch} "
+        f"(fold {ch // 2}, PE {ch % 2}): rtl "), r.detail
+
+
+@pytest.mark.rtl
+def test_tampered_pool_reference_names_channel_and_pixel(pruned, monkeypatch):
+    """One code of maxpool2d_0's output (1, 8, 3, 3) changed in the reference trace at
+    (c, h, w) = (5, 1, 2): the pool row fails at case 0, channel 5 (beat 5 // 2 = 2, lane 1),
+    output pixel (1, 2); conv2d_0's row still passes."""
+    from codesign.sim import run_ir
+
+    real = run_ir.run_reference
+
+    def tampered(ir, inputs, trace=False):
+        res = real(ir, inputs, trace=trace)
+        if trace:
+            y = res[1]["maxpool2d_0_out"]
+            y[0, 5, 1, 2] = (y[0, 5, 1, 2] + 1) % 16
+        return res
+
+    monkeypatch.setattr(run_ir, "run_reference", tampered)
+    rows = _rows(vf.verify(pruned[0], rtl=True, rtl_cases=1, rtl_layers=["conv2d_0"]))
+    assert rows["conv2d_0"].status == "pass", rows["conv2d_0"]
+    r = rows["maxpool2d_0"]
+    assert r.status == "FAIL" and re.match(r"first divergence: maxpool2d_0, case 0, channel 5 \(beat 2, lane 1\), "
+                                           r"output pixel \(1, 2\): rtl \d+ != reference \d+$", r.detail), r.detail
+
+
+@pytest.mark.rtl
+def test_mpcnn_global_avgpool_on_avgpool_v(builds):
+    """mpcnn's global 4x4 average pool behind conv2d_4 runs on avgpool.v with conv2d_4's PE lanes:
+    codes == the IR's avgpool2d_0 output, cycles == 16·ceil(C/PE) + D_AVG (by hand)."""
+    d = builds["mpcnn"]
+    rep = vf.verify(d, rtl=True, rtl_layers=["conv2d_4"])
+    assert rep.ok, rep.table()
+    rows = _rows(rep)
+    assert list(rows) == ["conv2d_4", "avgpool2d_0"]
+    lay = next(l for l in json.loads((d / "report.json").read_text())["dataflow"]["layers"] if l["name"] == "conv2d_4")
+    cyc = 16 * -(-lay["MH"] // lay["PE"]) + 4
+    assert rows["avgpool2d_0"].status == "pass" and f"{cyc} cycles per case" in rows["avgpool2d_0"].detail, rows
+    assert "cases 0..1 of 8" in rows["avgpool2d_0"].what
