@@ -281,8 +281,8 @@ class Layer:
     bits, ``m_bits`` (1..24) multiplier bits, ``bias_bits`` (2..32) signed bias bits; then
     ``NT = 0`` and the pipeline is ``D_MVAU_RQ`` deep; ``sparse``: the layer's weight is
     block-sparse (:class:`Sparse`) and runs on the block-sparse MVAU at the block shape's
-    folding (:func:`layer_cycles`, :func:`mvau_resources`; mvau_sparse.v implements the
-    threshold and raw-accumulator stages, a requant stage is costed as on mvau.v)."""
+    folding (:func:`layer_cycles`, :func:`mvau_resources`; mvau_sparse.v has mvau.v's
+    threshold, requant and raw-accumulator stages)."""
 
     name: str
     MH: int

@@ -46,8 +46,8 @@ Checks, in order (each one row of the pass/fail table):
    weight and the same inputs and thresholds: codes == the stage's codes, the stored
    blocks / empty row groups == the model's ``NB``/``NE``, cycles == the RTL's own
    ``sparse_rtl_cycles`` and == the dataflow model's ``sparse_stream_cycles +
-   sparse_fill_cycles + mvau_depth`` of the layer. mvau_sparse.v has threshold and
-   raw-accumulator stages only: a sparse layer in requant mode is a ``skip``.
+   sparse_fill_cycles + mvau_depth`` of the layer; a sparse layer in requant mode runs
+   mvau_sparse.v's requant mode with the parameters mvau.v would get.
    A layer with an attached **pool** (dataflow.json's ``pool``) gets one more row: the pool
    unit (``pool.v`` max, ``avgpool.v`` average; ``codesign.sim.rtl_pool``) with the layer's
    ``PE`` lanes, one image per golden case, fed the pool op's input codes from the trace;
@@ -298,8 +298,8 @@ def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
     names it covers (``op``, ``output_stage``, ``ops``), its ``out_stage`` ("threshold" or
     "requant", with ``m_bits``/``bias_bits``) and ``parameters``, the Verilog parameters
     of its mvau.v instance (requant mode: ``RQ``, ``RQ_BITS``, ``RQ_SIGNED``, ``MBITS``,
-    ``BIAS_W``; a block-sparse layer not in requant mode is an mvau_sparse.v instance:
-    ``NB_MAX`` = its stored blocks), and ``pool``: the attached pool unit (report.json's
+    ``BIAS_W``; a block-sparse layer is an mvau_sparse.v instance with the same parameters
+    and ``NB_MAX`` = its stored blocks), and ``pool``: the attached pool unit (report.json's
     ``pool``: ``op``, ``mode``, ``k``, ``stride``, ``pad``, ``C``, ``ifm_h``, ``ifm_w``,
     ``bits``, ``out_bits``; plus ``P`` = the layer's PE, ``unit`` (:data:`POOL_UNITS`) and
     ``model_cycles`` = ``dataflow.pool_cycles`` per image) or null. ``ir`` (the build's
@@ -366,7 +366,7 @@ def write_dataflow_rtl(out_dir: str | Path, report_doc: dict, ir=None) -> None:
                                         "RQ_SIGNED": None if out_bias is None else int(out_bias < 0)})
             sp = None if m is None else m.layer.sparse
             e["sparse"] = None if sp is None else {"pe": sp.pe, "simd": sp.simd, "nb": sp.nb, "ne": sp.ne}
-            if sp is not None and not rq:  # an instance of mvau_sparse.v (memories of exactly NB blocks)
+            if sp is not None:  # an instance of mvau_sparse.v (memories of exactly NB blocks)
                 e["parameters"]["NB_MAX"] = max(1, sp.nb)
             pl = l.get("pool")
             if pl:
@@ -785,9 +785,6 @@ def _layer_problem(ir, trace: dict, e: dict, n: int, mapped=None) -> _LayerProbl
     if e.get("out_stage") == "requant":
         rq, T, rq_desc, yt_rq = _requant_problem(ir, stage, stage_in, MH, bias_v, scale, lo_true, hi_true, e)
         desc = rq_desc
-        if sparse is not None:  # dataflow.json and DIR/ir agree (checked above); the unit cannot run it
-            raise _NotVerifiable("not verifiable on mvau_sparse.v: block-sparse layer with a requant output stage "
-                                 "(mvau_sparse.v has threshold and raw-accumulator stages only)")
     try:
         if rq is not None:
             cfg = MvauConfig(MH=MH, MW=MW, PE=int(e["PE"]), SIMD=int(e["SIMD"]), WB=WB, AB=AB, a_signed=a_signed,
@@ -963,16 +960,19 @@ def _sparse_row(e: dict, p: _LayerProblem, what: str, sim: str, n: int, progress
     c, sp, L = p.cfg, p.sparse, p.layer
     what = f"{what}; mvau_sparse.v"
     try:
+        rq = {} if not c.rq else dict(rq=True, rq_bits=c.rq_bits, rq_signed=c.rq_signed, mbits=c.mbits,
+                                      bias_bits=c.bias_bits)
         sc = SparseMvauConfig(MH=c.MH, MW=c.MW, PE=c.PE, SIMD=c.SIMD, WB=c.WB, AB=c.AB, a_signed=c.a_signed,
                               binary=c.binary, NT=c.NT, out_bias=c.out_bias, restype=c.restype, acc_out=False,
-                              nb_max=max(1, sp.nb))
+                              nb_max=max(1, sp.nb), **rq)
     except ValueError as exc:
         return Row("rtl", what, "skip", f"not verifiable on mvau_sparse.v: {str(exc).splitlines()[0]}",
                    time.perf_counter() - t0)
-    progress(f"rtl: {e['name']} on mvau_sparse.v (MH={c.MH}, MW={c.MW}, PE={c.PE}, SIMD={c.SIMD}, NT={c.NT}, "
-             f"NB={sp.nb}), {n} case(s) under {sim} ...")
+    progress(f"rtl: {e['name']} on mvau_sparse.v (MH={c.MH}, MW={c.MW}, PE={c.PE}, SIMD={c.SIMD}, "
+             f"{'requant' if c.rq else f'NT={c.NT}'}, NB={sp.nb}), {n} case(s) under {sim} ...")
     try:
-        runs = run_sparse_mvaus(sc, [dict(x=x, w=p.w, T=p.T) for x in p.xs], sim=sim)
+        runs = run_sparse_mvaus(sc, [dict(x=x, w=p.w, T=p.T, **({"requant": p.rq} if c.rq else {}))
+                                     for x in p.xs], sim=sim)
     except (rtl.RtlError, ValueError) as exc:
         return Row("rtl", what, "FAIL", f"{e['name']}: simulation failed: {str(exc).splitlines()[0]}",
                    time.perf_counter() - t0)
@@ -997,7 +997,8 @@ def _sparse_row(e: dict, p: _LayerProblem, what: str, sim: str, n: int, progress
     return Row("rtl", what, "pass",
                f"codes == reference ({V} vectors x {c.MH} channels per case; {p.stage_desc}; masked weight, "
                f"{sp.nb} of {sc.NRG * SF} blocks of {c.PE}x{c.SIMD} stored, {sp.ne} empty row group(s)); "
-               f"{runs[0].cycles} cycles per case == model V·max(SF, NB+NE) + min(SF, NB+NE) + D_MVAU = "
+               f"{runs[0].cycles} cycles per case == model V·max(SF, NB+NE) + min(SF, NB+NE) + "
+               f"{'D_MVAU_RQ' if c.rq else 'D_MVAU'} = "
                f"{V}·max({SF}, {slots}) + {min(SF, slots)} + {depth} ({sim})", dt)
 
 

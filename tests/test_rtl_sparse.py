@@ -22,6 +22,13 @@ about 0.6 and 0.3, a fully empty row group, every block pruned (NB = 0), a singl
 MW % SIMD != 0 and MH % PE != 0 with random codes in the padding lanes; a build whose
 block memory holds fewer blocks than the dense matrix (``nb_max``); input gaps and
 output back-pressure. Verilator always, Icarus when installed (the ``sim`` fixture).
+
+Requant mode (mvau_sparse.v ``RQ = 1``, as mvau.v's): codes ``==``
+``ref.requant(acc + bias, M, sh, Y)`` of the reference accumulator of the masked weights
+(tests/test_rtl_mvau.py's call) with per-channel bias / M / shift (extreme biases, M = 0,
+1 and 2^mbits - 1, shifts 0 and 62, both saturation ends), signed and unsigned 4..8-bit
+outputs, every density kind (an empty row group: requant of the bias alone); cycles
+``==`` ``V·max(SF, T) + min(SF, T) + 7``.
 """
 from __future__ import annotations
 
@@ -88,7 +95,9 @@ def test_csr_writes_follow_kernel_arrays():
 
 
 def _lint_sets() -> list[dict]:
-    return [c.parameters() for c, _ in CONFIGS.values()] + [
+    return [c.parameters() for c, _ in (*CONFIGS.values(), *RQ_CONFIGS.values())] + [
+        {**S.SparseMvauConfig(MH=64, MW=576, PE=8, SIMD=32, WB=1, AB=1, binary=True, NT=0, rq=True,
+                              acc_out=False, nb_max=100).parameters()},
         {"MH": 1, "MW": 1, "PE": 1, "SIMD": 1, "WB": 2, "AB": 1, "NT": 0},
         {"MH": 64, "MW": 576, "PE": 8, "SIMD": 32, "WB": 1, "AB": 1, "BINARY": 1, "NT": 1, "NB_MAX": 100},
         {"MH": 16, "MW": 64, "PE": 4, "SIMD": 8, "WB": 8, "AB": 8, "RESTYPE": 1, "NT": 255, "OUT_BIAS": -128,
@@ -98,14 +107,15 @@ def _lint_sets() -> list[dict]:
 
 
 def test_verilator_lint_clean():
-    """mvau_sparse.v passes `verilator --lint-only -Wall` for the tested parameter sets and more."""
+    """mvau_sparse.v (+ requant.v) passes `verilator --lint-only -Wall` for the tested
+    parameter sets (threshold, raw and requant modes) and more."""
     exe = rtl.verilator_path()
     if exe is None:
         pytest.fail(rtl.simulator_problem("verilator"))
     env = {**os.environ, **rtl._verilator_env()}
     for params in _lint_sets():
         cmd = [str(exe), "--lint-only", "-Wall", "-Wno-DECLFILENAME", "--top-module", "mvau_sparse",
-               *[f"-G{k}={v}" for k, v in params.items()], str(rtl.RTL_DIR / "mvau_sparse.v")]
+               *[f"-G{k}={v}" for k, v in params.items()], *(str(rtl.RTL_DIR / f) for f in S.MVAU_SPARSE_SOURCES)]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         assert out.returncode == 0 and "%Warning" not in out.stderr, f"{params}:\n{out.stderr}"
 
@@ -345,3 +355,137 @@ def test_latency_model_checked_against_rtl(sim):
                  + D.mvau_depth(L))
         assert model == p["rtl"], (p, model)
         assert D.dataflow_cycles([L], [(PE, LAT_CFG.SIMD)])["latency"] == p["rtl"]
+
+
+# ---------------------------------------------------------------------------
+# Requant output stage (mvau_sparse.v RQ = 1, as mvau.v's): bias add + requant.v per PE
+# ---------------------------------------------------------------------------
+
+#: name -> (build configuration, vectors per problem): binary and low-bit, LUT and DSP
+#: products, signed and unsigned outputs of 4..8 bits, multipliers of 8..24 bits, biases
+#: of 6..32 bits (a 33-bit biased accumulator: requant.v's two-product path), a reduced
+#: block capacity.
+RQ_CONFIGS = {
+    "rq_w4a4u_s8": (S.SparseMvauConfig(MH=8, MW=24, PE=2, SIMD=8, WB=4, AB=4, a_signed=False, NT=0, rq=True,
+                                       rq_bits=8, rq_signed=True, mbits=16, bias_bits=16), 3),
+    "rq_binary_u5": (S.SparseMvauConfig(MH=10, MW=37, PE=4, SIMD=8, WB=1, AB=1, binary=True, NT=0, rq=True,
+                                        rq_bits=5, rq_signed=False, mbits=16, bias_bits=12), 3),
+    "rq_w8a8_dsp_s4_wide": (S.SparseMvauConfig(MH=5, MW=9, PE=1, SIMD=1, WB=8, AB=8, restype=1, NT=0, rq=True,
+                                               rq_bits=4, rq_signed=True, mbits=24, bias_bits=32), 2),
+    "rq_w2a3_u7_nbmax": (S.SparseMvauConfig(MH=7, MW=20, PE=3, SIMD=6, WB=2, AB=3, NT=0, rq=True, rq_bits=7,
+                                            rq_signed=False, mbits=8, bias_bits=6, nb_max=7), 3),
+}
+
+
+def _requant_params(rng, cfg: S.SparseMvauConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel (bias, M, shift), as tests/test_rtl_mvau.py: mostly a multiplier of mbits
+    bits and a shift mapping the biased accumulator range onto the output range; and
+    corners: the extreme biases, M = 0, 1 and 2^mbits - 1, shifts 0 and 62, and a shift
+    small enough that most outputs saturate at both ends."""
+    m, bb = cfg.mbits, cfg.bias_bits
+    blo, bhi = -(1 << (bb - 1)), (1 << (bb - 1)) - 1
+    lo, hi = cfg.dense.acc_range
+    bias = rng.integers(max(blo, lo - hi), min(bhi, hi - lo) + 1, size=cfg.MH)
+    Mv = rng.integers(1 << (m - 1), 1 << m, size=cfg.MH) if m > 1 else np.ones(cfg.MH, dtype=np.int64)
+    span = max(1, hi - lo) + int(np.abs(bias).max())
+    base = max(0, int(span * Mv.max()).bit_length() - cfg.rq_bits)
+    sh = np.clip(base + rng.integers(-2, 3, size=cfg.MH), 0, 62)
+    for n in range(cfg.MH):
+        kind = n % 7
+        if kind == 1:
+            bias[n] = blo
+        elif kind == 2:
+            bias[n], Mv[n] = bhi, (1 << m) - 1
+        elif kind == 3:
+            Mv[n] = 0
+        elif kind == 4:
+            Mv[n], sh[n] = 1, 0
+        elif kind == 5:
+            sh[n] = 62
+        elif kind == 6:
+            sh[n] = max(0, base - cfg.rq_bits - 2)  # saturates at both ends
+    return bias.astype(np.int64), Mv.astype(np.int64), sh.astype(np.int64)
+
+
+def _rq_problem(rng, cfg: S.SparseMvauConfig, V: int, kind: str, **kw) -> dict:
+    prob = _problem(rng, cfg, V, kind, **kw)
+    return {**prob, "T": None, "requant": _requant_params(rng, cfg)}
+
+
+def _rq_want(cfg: S.SparseMvauConfig, prob: dict) -> np.ndarray:
+    """The independent reference (tests/test_rtl_mvau.py's _rq_want): requant (§3) of the
+    reference accumulator of the masked weights with the bias added (§2)."""
+    bias, Mv, sh = prob["requant"]
+    acc = _reference_acc(cfg, prob["x"], prob["w"]) + bias[None, :]
+    return ref.requant(acc, Mv[None, :], sh[None, :], cfg.out_type, m=cfg.mbits)
+
+
+def test_requant_cycle_model_and_config():
+    """Requant mode: the sparse formula with the requant depth (two stages deeper)."""
+    assert S.D_MVAU_SPARSE_RQ == 7 == D.D_MVAU_RQ
+    assert S.sparse_rtl_cycles(T=8, SF=5, vectors=4, requant=True) == 4 * 8 + 5 + 7
+    assert S.sparse_rtl_cycles(T=3, SF=5, vectors=4, requant=True) == 4 * 5 + 3 + 7
+    assert S.sparse_rtl_cycles(T=8, SF=5, vectors=4) == 4 * 8 + 5 + 5
+    cfg = S.SparseMvauConfig(MH=4, MW=8, PE=2, SIMD=2, NT=0, rq=True, rq_bits=6, rq_signed=False, mbits=12,
+                             bias_bits=10)
+    assert cfg.depth == 7 and cfg.dense.out_bits == 6 and not cfg.dense.out_signed
+    assert cfg.parameters() == {**S.SparseMvauConfig(MH=4, MW=8, PE=2, SIMD=2, NT=0).parameters(),
+                                "RQ": 1, "RQ_BITS": 6, "RQ_SIGNED": 0, "MBITS": 12, "BIAS_W": 10}
+    assert "RQ" not in S.SparseMvauConfig(MH=4, MW=8, PE=2, SIMD=2, NT=0).parameters()
+    with pytest.raises(ValueError, match="needs NT = 0"):
+        S.SparseMvauConfig(MH=4, MW=8, PE=2, SIMD=2, NT=3, rq=True)
+    with pytest.raises(ValueError, match="rq_bits=1"):
+        S.SparseMvauConfig(MH=4, MW=8, PE=2, SIMD=2, NT=0, rq=True, rq_bits=1)
+    with pytest.raises(ValueError, match="requant"):
+        S.run_sparse_mvaus(cfg, [dict(x=np.zeros((1, 8), dtype=np.int64), w=np.ones((4, 8), dtype=np.int64))])
+    with pytest.raises(ValueError, match="bias"):
+        S.run_sparse_mvaus(cfg, [dict(x=np.zeros((1, 8), dtype=np.int64), w=np.ones((4, 8), dtype=np.int64),
+                                      requant=([512, 0, 0, 0], [1] * 4, [0] * 4))])
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("name", list(RQ_CONFIGS))
+def test_sparse_mvau_requant_matches_reference(sim, name):
+    """Requant mode, every density kind (incl. an empty row group and NB = 0) on one build:
+    codes == ref.requant(acc + bias, M, sh, Y) of the masked weights, accumulators ==
+    reference, both saturation ends hit, cycles == V·max(SF, T) + min(SF, T) + 7 without
+    stalls; a run with input gaps and output back-pressure."""
+    cfg, V = RQ_CONFIGS[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    probs = [_rq_problem(rng, cfg, V, k) for k in KINDS]
+    probs.append(_rq_problem(rng, cfg, V + 2, "dense60", stall=0.3, seed=7))
+    runs = S.run_sparse_mvaus(cfg, probs, sim=sim)
+    seen_sat = set()
+    for prob, run in zip(probs, runs):
+        where = f"{prob['kind']} (NB={run.nb}, NE={run.ne})"
+        assert np.array_equal(run.acc, _reference_acc(cfg, prob["x"], prob["w"])), f"{where}: accumulators differ"
+        want = _rq_want(cfg, prob)
+        assert np.array_equal(run.codes, want), f"{where}: codes differ:\nrtl {run.codes}\nref {want}"
+        seen_sat |= {int(v) for v in np.unique(want) if v in (cfg.out_type.lo, cfg.out_type.hi)}
+        sw = HS.pack_sparse(prob["w"], cfg.PE, cfg.SIMD)
+        assert (run.nb, run.ne) == (sw.nb, sw.empty_row_groups)
+        if prob.get("stall", 0) > 0:
+            assert run.cycles >= run.expected_cycles
+        else:
+            T = run.nb + run.ne
+            assert run.cycles == run.expected_cycles == S.sparse_rtl_cycles(T, cfg.SF, prob["x"].shape[0],
+                                                                            requant=True)
+            assert run.cycles == prob["x"].shape[0] * max(cfg.SF, T) + min(cfg.SF, T) + 7
+    kinds = {p["kind"]: r for p, r in zip(probs, runs)}
+    assert kinds["empty"].nb == 0 and kinds["empty"].ne == cfg.NRG
+    assert kinds["sparse30"].ne >= 1
+    assert seen_sat == {cfg.out_type.lo, cfg.out_type.hi}, "both saturation ends must be exercised"
+
+
+@pytest.mark.rtl
+def test_run_sparse_mvau_requant_argument(sim):
+    """run_sparse_mvau(..., requant=(bias, M, sh)): one problem with an empty row group."""
+    cfg, V = RQ_CONFIGS["rq_w4a4u_s8"]
+    rng = np.random.default_rng(5)
+    prob = _rq_problem(rng, cfg, V, "sparse30")
+    run = S.run_sparse_mvau(prob["x"], prob["w"], PE=cfg.PE, SIMD=cfg.SIMD, WB=cfg.WB, AB=cfg.AB,
+                            a_signed=cfg.a_signed, sim=sim, requant=prob["requant"], rq_bits=cfg.rq_bits,
+                            rq_signed=cfg.rq_signed, mbits=cfg.mbits, bias_bits=cfg.bias_bits)
+    assert run.ne >= 1
+    assert np.array_equal(run.codes, _rq_want(cfg, prob))
+    assert run.cycles == run.expected_cycles == S.sparse_rtl_cycles(run.nb + run.ne, cfg.SF, V, requant=True)

@@ -644,7 +644,7 @@ def _hand_sparse_cycles(name, keep) -> int:
 
 def test_sparse_and_pool_dataflow_json(pruned):
     """dataflow.json of the pruned CNN: each layer's sparse blocks == the masks' counts, folded
-    as its blocks, NB_MAX on the mvau_sparse.v instances (not on conv2d_1, in requant mode);
+    as its blocks, NB_MAX on every mvau_sparse.v instance (conv2d_1 in requant mode too);
     the attached pools with their geometry and pool_cycles by hand; mvau_sparse.v, pool.v and
     avgpool.v copied unchanged."""
     from codesign.sim import rtl
@@ -657,7 +657,8 @@ def test_sparse_and_pool_dataflow_json(pruned):
         assert e["sparse"] == _hand_sparse(keep[name]) and (e["PE"], e["SIMD"]) == (2, 4), name
     assert _hand_sparse(keep["conv2d_0"])["ne"] == 1 and _hand_sparse(keep["matmul_0"]) == \
         {"pe": 2, "simd": 4, "nb": 3, "ne": 1}
-    assert by["conv2d_1"]["out_stage"] == "requant" and "NB_MAX" not in by["conv2d_1"]["parameters"]
+    assert by["conv2d_1"]["out_stage"] == "requant" and by["conv2d_1"]["parameters"]["RQ"] == 1
+    assert by["conv2d_1"]["parameters"]["NB_MAX"] == max(1, _hand_sparse(keep["conv2d_1"])["nb"])
     assert by["conv2d_0"]["parameters"]["NB_MAX"] == int(keep["conv2d_0"].sum())
     assert by["matmul_0"]["parameters"]["NB_MAX"] == 3 and by["conv2d_0"]["out_stage"] == "threshold"
     assert cfg["sources"] == ["mvau.v", "requant.v", "mvau_sparse.v", "pool.v", "avgpool.v"]
@@ -697,7 +698,7 @@ def test_sparse_record_disagrees_with_corrupted_ir(pruned, tmp_path):
 def test_sparse_layers_and_pools_on_the_rtl(pruned):
     """Every row of the pruned CNN: conv2d_0 (uint4 requant as 15 thresholds) and matmul_0 (raw
     accumulator) pass on mvau_sparse.v with cycles == V·max(SF, NB+NE) + min(SF, NB+NE) + D_MVAU
-    from the masks; conv2d_1 (requant mode) is a skip with the reason; the max pool after conv2d_0
+    from the masks; conv2d_1 runs mvau_sparse.v's requant mode (depth 7); the max pool after conv2d_0
     and the global average pool after conv2d_1 pass with the hand-derived pool cycles."""
     d, keep = pruned
     rep = vf.verify(d, rtl=True, sim="verilator")
@@ -711,9 +712,10 @@ def test_sparse_layers_and_pools_on_the_rtl(pruned):
     assert "516 cycles per case" in rows["conv2d_0"].detail  # 36·max(7, 13 + 1) + 7 + 5 (seed 7's mask)
     assert "11 cycles per case" in rows["matmul_0"].detail  # 1·max(2, 3 + 1) + 2 + 5
     assert "requant_0: requant as 15 thresholds/channel" in rows["conv2d_0"].detail
-    assert rows["conv2d_1"].status == "skip" and rows["conv2d_1"].detail == (
-        "not verifiable on mvau_sparse.v: block-sparse layer with a requant output stage (mvau_sparse.v has "
-        "threshold and raw-accumulator stages only)")
+    r = rows["conv2d_1"]  # requant mode on mvau_sparse.v: the same slots, D_MVAU_RQ = 7 instead of D_MVAU
+    assert r.status == "pass" and r.what.endswith("; mvau_sparse.v"), r
+    assert int(re.search(r"(\d+) cycles per case", r.detail).group(1)) == \
+        _hand_sparse_cycles("conv2d_1", keep["conv2d_1"]) - D_MVAU + 7
     assert rows["maxpool2d_0"].status == "pass" and "146 cycles per case" in rows["maxpool2d_0"].detail
     assert rows["avgpool2d_0"].status == "pass" and "40 cycles per case" in rows["avgpool2d_0"].detail
     assert "(pool.v" in rows["maxpool2d_0"].detail and "(avgpool.v" in rows["avgpool2d_0"].detail

@@ -12,7 +12,13 @@
 //       acc = sum_{b in S(n)} (2 * popcount(XNOR(x, W[n]) over lanes(b)) - |lanes(b)|)
 //           = sum_k W'[n][k] * x[k] with W' = W inside stored blocks and 0 elsewhere
 //   BINARY = 0: acc = sum_{b in S(n)} sum_{k in lanes(b)} W[n][k] * x[k]   (§2, no bias)
-//   then thresholds (NT >= 1) or the raw accumulator (NT = 0), exactly as mvau.v.
+//   then thresholds (NT >= 1) or the raw accumulator (NT = 0), exactly as mvau.v, or
+//   RQ = 1 (NT = 0): mvau.v's requant output, per channel n
+//       code = sat_Y(rshr((acc + B[n]) * M[n], SH[n]))         (sim/rtl/requant.v, §3)
+//   with Y = int RQ_BITS (RQ_SIGNED = 1) or uint RQ_BITS (RQ_SIGNED = 0, a fused ReLU),
+//   OB = RQ_BITS (2..16), B[n] signed BIAS_W bits, M[n] unsigned MBITS bits, SH[n] in
+//   0..62: codesign.sim.reference.requant(matmul(x, W'^T) + B, M, SH, Y) with W' the
+//   masked weights (an empty row group's channels: requant(B[n], M[n], SH[n])).
 // A row group without any stored block outputs acc = 0 for its PE channels (a bias is
 // folded into the thresholds, as in mvau.v). ACC_W, TW, OB, the operand encodings and
 // the product/popcount datapath are mvau.v's (the sum of any subset of the MW products
@@ -29,6 +35,11 @@
 //            vals[b][p][j] = W[rg*PE + p][col_idx[b]*SIMD + j] at [WB*j +: WB].
 //            Port w_we / w_pe / w_addr / w_data. (Synchronous read: BRAM/LUT RAM.)
 //   thresholds as mvau.v (one memory per (PE, t), NRG words).
+//   requant (RQ = 1) as mvau.v: three memories per PE, NRG words each, through the
+//            threshold port: t_idx = 0 bias B (BIAS_W bits, two's complement), 1 the
+//            multiplier M (MBITS bits), 2 the shift SH (6 bits); word rg of PE p holds
+//            channel rg*PE + p's value in the low bits of t_data (TDW = max(BIAS_W, MBITS,
+//            6) bits in this mode, TW bits otherwise; t_idx is 2 bits in this mode).
 // Lanes past MW of a block in the last column group are masked (weight and activation
 // don't-cares), in both modes. Every stored block must be written; words past NB are
 // never read. The contents may be rewritten only while no vector is in flight.
@@ -72,6 +83,13 @@
 // vector (SF) and the pipeline depth. When T < SF (very sparse, few row groups) the unit
 // is input-bound at SF cycles per vector, which a model counting T underestimates.
 // (mvau.v, dense: V*NRG*CG + 5; at density 1 this unit takes SF more.)
+// Requant mode (RQ = 1) replaces R5 by mvau.v's three requant stages: R5 = acc + B (B
+// read at R3's row group into R4 beside the accumulator, M and SH at R4's into R5),
+// R6 = requant.v's product register, R7 = requant.v's rounded, saturated code (the
+// output register), so the last slot's beat is taken two edges later:
+//     V * max(SF, T) + min(SF, T) + D_MVAU_SPARSE_RQ,   D_MVAU_SPARSE_RQ = 7
+// (d_mvau reports 7; the loader and sequencer are unchanged). Threshold and raw modes
+// are unchanged by RQ (RQ = 0 builds none of these stages).
 `default_nettype none
 
 module mvau_sparse #(
@@ -88,6 +106,11 @@ module mvau_sparse #(
     parameter integer OUT_BIAS = 0,   // added to the threshold count
     parameter integer ACC_OUT  = 0,   // 1: drive m_tacc with the accumulators
     parameter integer NB_MAX   = ((MH + PE - 1) / PE) * ((MW + SIMD - 1) / SIMD),  // block capacity
+    parameter integer RQ       = 0,   // 1: bias + multiplier-shift requant output (NT = 0)
+    parameter integer RQ_BITS  = 8,   // RQ: output code bits (2..16)
+    parameter integer RQ_SIGNED = 1,  // RQ: output int (1) or uint (0, fused ReLU)
+    parameter integer MBITS    = 16,  // RQ: multiplier bits (unsigned, 1..24)
+    parameter integer BIAS_W   = 16,  // RQ: bias bits (signed, 2..32)
     // ---- derived (do not override)
     localparam integer NRG    = (MH + PE - 1) / PE,
     localparam integer SF     = (MW + SIMD - 1) / SIMD,
@@ -98,10 +121,12 @@ module mvau_sparse #(
     localparam integer WA     = (NB_MAX <= 2) ? 1 : $clog2(NB_MAX), // block memory address
     localparam integer IBA    = SFA + 1,                          // input buffer address {bank, chunk}
     localparam integer PEA    = (PE <= 2) ? 1 : $clog2(PE),
-    localparam integer NTA    = (NT <= 2) ? 1 : $clog2(NT),
+    localparam integer NTA    = (RQ != 0) ? 2 : ((NT <= 2) ? 1 : $clog2(NT)),
     localparam integer ACC_W  = range_bits(MW),
     localparam integer TW     = ACC_W + 1,
-    localparam integer OB     = (NT == 0) ? ACC_W : $clog2(NT + 1)
+    localparam integer TDW    = (RQ == 0) ? TW
+                              : ((BIAS_W >= MBITS && BIAS_W >= 6) ? BIAS_W : (MBITS >= 6 ? MBITS : 6)),
+    localparam integer OB     = (RQ != 0) ? RQ_BITS : ((NT == 0) ? ACC_W : $clog2(NT + 1))
 ) (
     input  wire                  clk,
     input  wire                  rst,          // synchronous, active high
@@ -124,7 +149,7 @@ module mvau_sparse #(
     input  wire [PEA-1:0]        t_pe,
     input  wire [NTA-1:0]        t_idx,
     input  wire [NFA-1:0]        t_addr,
-    input  wire [TW-1:0]         t_data,       // signed
+    input  wire [TDW-1:0]        t_data,       // signed (RQ: see the header)
     /* verilator lint_on UNUSEDSIGNAL */
     // activation stream
     input  wire                  s_tvalid,
@@ -180,7 +205,9 @@ module mvau_sparse #(
     localparam integer LAST_LANES = MW - (SF - 1) * SIMD;        // valid lanes of column group SF-1
     localparam integer XW     = (PW > SUM_W) ? PW : SUM_W;
     localparam integer XB     = (ACC_W > BS_W) ? ACC_W : BS_W;   // binary block sum, internal
-    localparam integer D_MVAU_SPARSE = 5;
+    localparam integer D_MVAU_SPARSE = (RQ != 0) ? 7 : 5;
+    // RQ: the biased accumulator's width (holds every acc + B: ACC_W- and BIAS_W-bit terms)
+    localparam integer SUMB_W = ((ACC_W > BIAS_W) ? ACC_W : BIAS_W) + 1;
     /* verilator lint_off WIDTHTRUNC */  // sized copies of integer constants
     localparam [CNT_W-1:0] CNT_ONE = 1;
     localparam [OB-1:0]    OB_ONE  = 1;
@@ -199,6 +226,10 @@ module mvau_sparse #(
             || NT < 0 || NT > 255 || MW * 16384 > 1073741824 || (RESTYPE != 0 && RESTYPE != 1)
             || NB_MAX < 1 || NB_MAX > NRG * SF) begin : g_bad
             mvau_sparse_requires_PE_le_MH_SIMD_le_MW_bits_1_to_8_BINARY_bipolar_NT_0_to_255_NB_MAX_1_to_NRG_x_SF u_error ();
+        end
+        if (RQ != 0 && (NT != 0 || RQ_BITS < 2 || RQ_BITS > 16 || MBITS < 1 || MBITS > 24
+                        || BIAS_W < 2 || BIAS_W > 32)) begin : g_bad_rq
+            mvau_sparse_RQ_requires_NT_0_RQ_BITS_2_to_16_MBITS_1_to_24_BIAS_W_2_to_32 u_error ();
         end
     endgenerate
 
@@ -332,22 +363,47 @@ module mvau_sparse #(
         end
     endgenerate
 
-    // R4/R5 control
+    // R4/R5 control (RQ: R4/R5/R6/R7)
     reg r4_v;
     reg [NFA-1:0] r4_rg;
-    always @(posedge clk) begin
-        if (rst) begin
-            r4_v <= 1'b0;
-            m_tvalid <= 1'b0;
-        end else if (ce) begin
-            r4_v <= r3_v & r3_last;
-            m_tvalid <= r4_v;
+    generate
+        if (RQ == 0) begin : g_ctl_thr
+            always @(posedge clk) begin
+                if (rst) begin
+                    r4_v <= 1'b0;
+                    m_tvalid <= 1'b0;
+                end else if (ce) begin
+                    r4_v <= r3_v & r3_last;
+                    m_tvalid <= r4_v;
+                end
+                if (ce) begin
+                    r4_rg <= r3_rg;
+                    m_tlast <= (r4_rg == NRG_LAST);
+                end
+            end
+        end else begin : g_ctl_rq
+            reg r5_v, r6_v, r5_last, r6_last;
+            always @(posedge clk) begin
+                if (rst) begin
+                    r4_v <= 1'b0;
+                    r5_v <= 1'b0;
+                    r6_v <= 1'b0;
+                    m_tvalid <= 1'b0;
+                end else if (ce) begin
+                    r4_v <= r3_v & r3_last;
+                    r5_v <= r4_v;
+                    r6_v <= r5_v;
+                    m_tvalid <= r6_v;
+                end
+                if (ce) begin
+                    r4_rg <= r3_rg;
+                    r5_last <= (r4_rg == NRG_LAST);
+                    r6_last <= r5_last;
+                    m_tlast <= r6_last;
+                end
+            end
         end
-        if (ce) begin
-            r4_rg <= r3_rg;
-            m_tlast <= (r4_rg == NRG_LAST);
-        end
-    end
+    endgenerate
 
     // ------------------------------------------------------------ PEs
     genvar p, t;
@@ -445,7 +501,38 @@ module mvau_sparse #(
             end
 
             reg [OB-1:0] code;
-            if (NT > 0) begin : g_thr
+            if (RQ != 0) begin : g_rq
+                // bias, multiplier and shift memories (t_idx 0, 1, 2), as mvau.v: bias read
+                // at R3's row group (aligned with R4's accumulator), M and SH at R4's (R5)
+                reg [BIAS_W-1:0] bmem [0:NRG-1];
+                reg [MBITS-1:0]  mmem [0:NRG-1];
+                reg [5:0]        smem [0:NRG-1];
+                reg [BIAS_W-1:0] r4_bias;
+                reg [MBITS-1:0]  r5_m;
+                reg [5:0]        r5_sh;
+                always @(posedge clk) begin
+                    if (t_we && t_pe == p && t_idx == 2'd0) bmem[t_addr] <= t_data[BIAS_W-1:0];
+                    if (t_we && t_pe == p && t_idx == 2'd1) mmem[t_addr] <= t_data[MBITS-1:0];
+                    if (t_we && t_pe == p && t_idx == 2'd2) smem[t_addr] <= t_data[5:0];
+                    if (ce) begin
+                        r4_bias <= bmem[r3_rg];
+                        r5_m    <= mmem[r4_rg];
+                        r5_sh   <= smem[r4_rg];
+                    end
+                end
+                // R5: acc + B, exact in SUMB_W bits
+                reg signed [SUMB_W-1:0] r5_sum;
+                always @(posedge clk) if (ce)
+                    r5_sum <= $signed({{(SUMB_W-ACC_W){acc_now[ACC_W-1]}}, acc_now})
+                              + $signed({{(SUMB_W-BIAS_W){r4_bias[BIAS_W-1]}}, r4_bias});
+                // R6 (product), R7 (code): the engine's requantizer (docs/arithmetic.md §3)
+                wire [OB-1:0] rq_y;
+                wire rq_signed = (RQ_SIGNED != 0);
+                requant #(.ACC_BITS(SUMB_W), .MBITS(MBITS), .OUT_BITS(OB)) u_rq (
+                    .clk(clk), .ce(ce), .y_signed(rq_signed), .acc(r5_sum), .mult(r5_m), .shift(r5_sh),
+                    .y(rq_y));
+                always @(*) code = rq_y;
+            end else if (NT > 0) begin : g_thr
                 reg [TW*NT-1:0] r4_thr;
                 for (t = 0; t < NT; t = t + 1) begin : g_t
                     reg [TW-1:0] tmem [0:NRG-1];
@@ -467,11 +554,23 @@ module mvau_sparse #(
                 always @(*) code = acc_now;
             end
 
-            reg [OB-1:0] r5_code;
-            always @(posedge clk) if (ce) r5_code <= code;
-            assign m_tdata[OB*p +: OB] = r5_code;
+            if (RQ != 0) begin : g_out_rq  // requant.v's y is the output register (R7)
+                assign m_tdata[OB*p +: OB] = code;
+            end else begin : g_out
+                reg [OB-1:0] r5_code;
+                always @(posedge clk) if (ce) r5_code <= code;
+                assign m_tdata[OB*p +: OB] = r5_code;
+            end
 
-            if (ACC_OUT != 0) begin : g_acc_out
+            if (ACC_OUT != 0 && RQ != 0) begin : g_acc_out_rq  // aligned with R7
+                reg [ACC_W-1:0] r5_acc, r6_acc, r7_acc;
+                always @(posedge clk) if (ce) begin
+                    r5_acc <= acc_now;
+                    r6_acc <= r5_acc;
+                    r7_acc <= r6_acc;
+                end
+                assign m_tacc[ACC_W*p +: ACC_W] = r7_acc;
+            end else if (ACC_OUT != 0) begin : g_acc_out
                 reg [ACC_W-1:0] r5_acc;
                 always @(posedge clk) if (ce) r5_acc <= acc_now;
                 assign m_tacc[ACC_W*p +: ACC_W] = r5_acc;
