@@ -200,15 +200,12 @@ def test_integer_ir_equals_qonnx(trained, data, tmp_path):
     gives the same float32 logits (``==``) as qonnx on all test digits. (The default
     lowering turns BatchNorm + 8-bit Quant into a requant with a rounded offset, which
     differs by 1 LSB on some codes: docs/bnn.md.)"""
-    lower = pytest.importorskip("codesign.accel.lower")
+    from codesign.accel.lower import lower
     from codesign.sim.run_ir import run_reference
     model, _ = trained
     x = data[2].numpy()
     w = bnn.export_bnn(model, tmp_path / "tiny.onnx", batch_size=len(x))
-    try:
-        ir = lower.lower(str(tmp_path / "tiny.onnx"), threshold_all=True)
-    except (lower.UnsupportedOpError, lower.LoweringError) as e:  # Conv lowering not there
-        pytest.skip(f"the compiler does not lower this graph yet: {e}")
+    ir = lower(str(tmp_path / "tiny.onnx"), threshold_all=True)
     got = run_reference(ir, {bnn.INPUT_NAME: x})[bnn.OUTPUT_NAME]
     assert np.array_equal(got, _run_onnx(w, x))
 
