@@ -37,7 +37,7 @@ from codesign.sim.checks import check_codes
 from codesign.sim.reference import IntType
 
 __all__ = ["MVAU_SOURCES", "MvauConfig", "MvauRun", "weight_words", "threshold_writes", "requant_writes",
-           "activation_beats", "decode_outputs", "run_mvaus", "run_mvau", "run_mvau_layer"]
+           "requant_params", "activation_beats", "decode_outputs", "run_mvaus", "run_mvau", "run_mvau_layer"]
 
 #: mvau.v and the requantizer it instantiates per PE in requant mode (sim/rtl/requant.v).
 MVAU_SOURCES = ("mvau.v", "requant.v")
@@ -209,6 +209,37 @@ def threshold_writes(cfg: MvauConfig, T: np.ndarray | None) -> list[list[int]]:
     full &= (1 << tw) - 1
     return [[p, t, nf, int(full[nf * cfg.PE + p, t])]
             for p in range(cfg.PE) for t in range(cfg.NT) for nf in range(cfg.NF)]
+
+
+def requant_params(rng, cfg: MvauConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test parameters for the requant stage (``cfg.rq``): per channel (bias, M, shift),
+    mostly a multiplier of ``mbits`` bits and a shift that maps the biased accumulator range
+    onto the output range (so codes spread and round), and per channel ``n % 7`` a corner:
+    the extreme biases, M = 0, 1 and 2^mbits - 1, shifts 0 and 62, and a shift small
+    enough that most outputs saturate at both ends. ``rng``: a numpy Generator."""
+    m, bb = cfg.mbits, cfg.bias_bits
+    blo, bhi = -(1 << (bb - 1)), (1 << (bb - 1)) - 1
+    lo, hi = cfg.acc_range
+    bias = rng.integers(max(blo, lo - hi), min(bhi, hi - lo) + 1, size=cfg.MH)
+    Mv = rng.integers(1 << (m - 1), 1 << m, size=cfg.MH) if m > 1 else np.ones(cfg.MH, dtype=np.int64)
+    span = max(1, hi - lo) + int(np.abs(bias).max())
+    base = max(0, int(span * Mv.max()).bit_length() - cfg.rq_bits)
+    sh = np.clip(base + rng.integers(-2, 3, size=cfg.MH), 0, 62)
+    for n in range(cfg.MH):
+        kind = n % 7
+        if kind == 1:
+            bias[n] = blo
+        elif kind == 2:
+            bias[n], Mv[n] = bhi, (1 << m) - 1
+        elif kind == 3:
+            Mv[n] = 0
+        elif kind == 4:
+            Mv[n], sh[n] = 1, 0
+        elif kind == 5:
+            sh[n] = 62
+        elif kind == 6:
+            sh[n] = max(0, base - cfg.rq_bits - 2)  # saturates at both ends
+    return bias.astype(np.int64), Mv.astype(np.int64), sh.astype(np.int64)
 
 
 def requant_writes(cfg: MvauConfig, bias, M, sh) -> list[list[int]]:

@@ -212,39 +212,9 @@ RQ_CONFIGS = {
 }
 
 
-def _requant_params(rng, cfg: M.MvauConfig, acc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-channel (bias, M, shift): mostly a multiplier of mbits bits and a shift that maps
-    the biased accumulator range onto the output range (so codes spread and round); and
-    corners: the extreme biases, M = 0, 1 and 2^mbits - 1, shifts 0 and 62, and a shift
-    small enough that most outputs saturate at both ends."""
-    m, bb = cfg.mbits, cfg.bias_bits
-    blo, bhi = -(1 << (bb - 1)), (1 << (bb - 1)) - 1
-    lo, hi = cfg.acc_range
-    bias = rng.integers(max(blo, lo - hi), min(bhi, hi - lo) + 1, size=cfg.MH)
-    Mv = rng.integers(1 << (m - 1), 1 << m, size=cfg.MH) if m > 1 else np.ones(cfg.MH, dtype=np.int64)
-    span = max(1, hi - lo) + int(np.abs(bias).max())
-    base = max(0, int(span * Mv.max()).bit_length() - cfg.rq_bits)
-    sh = np.clip(base + rng.integers(-2, 3, size=cfg.MH), 0, 62)
-    for n in range(cfg.MH):
-        kind = n % 7
-        if kind == 1:
-            bias[n] = blo
-        elif kind == 2:
-            bias[n], Mv[n] = bhi, (1 << m) - 1
-        elif kind == 3:
-            Mv[n] = 0
-        elif kind == 4:
-            Mv[n], sh[n] = 1, 0
-        elif kind == 5:
-            sh[n] = 62
-        elif kind == 6:
-            sh[n] = max(0, base - cfg.rq_bits - 2)  # saturates at both ends
-    return bias.astype(np.int64), Mv.astype(np.int64), sh.astype(np.int64)
-
-
 def _rq_problem(rng, cfg: M.MvauConfig, V: int, corners: bool = True, **kw) -> dict:
     prob = _problem(rng, cfg, V, corners=corners, **kw)
-    bias, Mv, sh = _requant_params(rng, cfg, _reference_acc(cfg, prob["x"], prob["w"]))
+    bias, Mv, sh = M.requant_params(rng, cfg)
     return {**prob, "T": None, "bias": bias, "M": Mv, "sh": sh}
 
 
